@@ -1,0 +1,55 @@
+"""Clusters: a named group of endpoints and how to reach them (Envoy's config.cluster.v3.Cluster)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from sidecar.model.endpoint import Endpoint
+
+
+class DiscoveryType(Enum):
+    STATIC = "STATIC"
+    STRICT_DNS = "STRICT_DNS"
+    LOGICAL_DNS = "LOGICAL_DNS"
+    EDS = "EDS"
+    ORIGINAL_DST = "ORIGINAL_DST"
+
+
+class LbPolicy(Enum):
+    ROUND_ROBIN = "ROUND_ROBIN"
+    RANDOM = "RANDOM"
+    LEAST_REQUEST = "LEAST_REQUEST"
+    RING_HASH = "RING_HASH"
+    MAGLEV = "MAGLEV"
+
+
+class DnsLookupFamily(Enum):
+    AUTO = "AUTO"
+    V4_ONLY = "V4_ONLY"
+    V6_ONLY = "V6_ONLY"
+    V4_PREFERRED = "V4_PREFERRED"
+    ALL = "ALL"
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    name: str
+    type: DiscoveryType = DiscoveryType.STATIC
+    # Envoy's default connect_timeout is 5 s.
+    connect_timeout: float = 5.0
+    lb_policy: LbPolicy = LbPolicy.ROUND_ROBIN
+    # For STATIC: the resolved endpoints.  For STRICT/LOGICAL_DNS: hostnames to resolve (off the hot
+    # path, by upstream/dns.py) into endpoints with the same weight and port.
+    endpoints: tuple[Endpoint, ...] = ()
+    dns_refresh_rate: float = 5.0
+    dns_lookup_family: DnsLookupFamily = DnsLookupFamily.AUTO
+    respect_dns_ttl: bool = False
+    # common_http_protocol_options (typed_extension_protocol_options HttpProtocolOptions or the
+    # deprecated cluster fields): 0 means unlimited / disabled.
+    max_requests_per_connection: int = 0
+    idle_timeout: float = 3600.0  # Envoy: 1 hour for upstream connections
+    # Envoy's default for both downstream and upstream buffers is 1 MiB.
+    per_connection_buffer_limit_bytes: int = 1024 * 1024
+    # The bytes of the proto that produced this cluster: live state is kept while it is unchanged.
+    config_hash: int = 0

@@ -1,0 +1,37 @@
+"""Endpoints: where a cluster's traffic can go (Envoy's ClusterLoadAssignment, flattened)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SocketAddress:
+    """An IP (or hostname, for DNS clusters) and port; or a Unix socket path when `pipe` is set."""
+
+    host: str
+    port: int
+    pipe: str = ""
+
+    def __str__(self) -> str:
+        if self.pipe:
+            return self.pipe
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One `lb_endpoints` entry.  `health_status` keeps Envoy's enum names (UNKNOWN, HEALTHY, ...)."""
+
+    address: SocketAddress
+    weight: int = 1
+    health_status: str = "UNKNOWN"
+    hostname: str = ""
+    priority: int = 0
+
+    @property
+    def healthy(self) -> bool:
+        # Envoy treats UNKNOWN and HEALTHY as healthy; UNHEALTHY, DRAINING, TIMEOUT, DEGRADED not.
+        return self.health_status in ("UNKNOWN", "HEALTHY")

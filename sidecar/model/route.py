@@ -1,0 +1,176 @@
+"""Route configuration: virtual hosts, routes and their actions (Envoy's config.route.v3).
+
+The matchers inside a `RouteMatch` are compiled objects from `sidecar.routing.matchers` (RE2 regexes
+built once at translate time); this module only names their shape."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+
+class RequestView(Protocol):
+    """What route matching may read of a request.  Names are lowercase; pseudo-headers `:method`,
+    `:authority`, `:scheme` and `:path` are answered too.  Several values of one header come back
+    joined with ',' as Envoy's header matcher sees them."""
+
+    def header(self, name: str) -> str | None: ...
+
+
+class PathMatcher(Protocol):
+    def matches(self, path: str) -> bool: ...
+
+
+class RequestMatcher(Protocol):
+    """A header or query-parameter matcher."""
+
+    def matches(self, request: RequestView, path: str) -> bool: ...
+
+
+class AppendAction(Enum):
+    APPEND_IF_EXISTS_OR_ADD = "APPEND_IF_EXISTS_OR_ADD"
+    ADD_IF_ABSENT = "ADD_IF_ABSENT"
+    OVERWRITE_IF_EXISTS_OR_ADD = "OVERWRITE_IF_EXISTS_OR_ADD"
+    OVERWRITE_IF_EXISTS = "OVERWRITE_IF_EXISTS"
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderValueOption:
+    """One header to add.  `name` is lowercase bytes; `value` is the literal value (format commands
+    such as %DOWNSTREAM_REMOTE_ADDRESS% are expanded by http/header_mutation.py when `dynamic`)."""
+
+    name: bytes
+    value: bytes
+    append_action: AppendAction = AppendAction.APPEND_IF_EXISTS_OR_ADD
+    keep_empty_value: bool = False
+    dynamic: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMutations:
+    """request_headers_to_add/remove and response_headers_to_add/remove at one level."""
+
+    request_headers_to_add: tuple[HeaderValueOption, ...] = ()
+    request_headers_to_remove: tuple[bytes, ...] = ()
+    response_headers_to_add: tuple[HeaderValueOption, ...] = ()
+    response_headers_to_remove: tuple[bytes, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.request_headers_to_add
+            or self.request_headers_to_remove
+            or self.response_headers_to_add
+            or self.response_headers_to_remove
+        )
+
+
+NO_MUTATIONS = HeaderMutations()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    path: PathMatcher
+    # Header matchers first, then query parameter matchers: all must match.
+    requirements: tuple[RequestMatcher, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterWeight:
+    name: str
+    weight: int
+    mutations: HeaderMutations = NO_MUTATIONS
+    host_rewrite_literal: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RegexRewrite:
+    """pattern is a compiled RE2 regex (re2.compile); substitution uses \\1 style groups."""
+
+    pattern: object
+    substitution: str
+
+
+@dataclass(frozen=True, slots=True)
+class RouteAction:
+    cluster: str = ""
+    weighted_clusters: tuple[ClusterWeight, ...] = ()
+    total_weight: int = 0
+    cluster_header: str = ""
+    # Envoy: SERVICE_UNAVAILABLE (503) unless NOT_FOUND (404) / INTERNAL_SERVER_ERROR (500).
+    cluster_not_found_response_code: int = 503
+    prefix_rewrite: str = ""
+    regex_rewrite: RegexRewrite | None = None
+    host_rewrite_literal: str = ""
+    auto_host_rewrite: bool = False
+    host_rewrite_header: str = ""
+    append_x_forwarded_host: bool = False
+    # Envoy's default route timeout is 15 s; 0 disables it.
+    timeout: float = 15.0
+    idle_timeout: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RedirectAction:
+    scheme: str = ""  # https_redirect sets "https"
+    host: str = ""
+    port: int = 0
+    path: str = ""
+    prefix_rewrite: str = ""
+    regex_rewrite: RegexRewrite | None = None
+    response_code: int = 301
+    strip_query: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DirectResponseAction:
+    status: int
+    body: bytes | None = None
+
+
+Action = RouteAction | RedirectAction | DirectResponseAction
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    match: RouteMatch
+    action: Action
+    name: str = ""
+    mutations: HeaderMutations = NO_MUTATIONS
+    # The prefix the route matched on, for prefix_rewrite ("" when the route is not a prefix route).
+    match_prefix: str = ""
+    typed_per_filter_config: tuple[tuple[str, object], ...] = ()
+
+
+class RequireTls(Enum):
+    NONE = "NONE"
+    EXTERNAL_ONLY = "EXTERNAL_ONLY"
+    ALL = "ALL"
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualHost:
+    name: str
+    domains: tuple[str, ...]
+    routes: tuple[Route, ...]
+    mutations: HeaderMutations = NO_MUTATIONS
+    require_tls: RequireTls = RequireTls.NONE
+    include_request_attempt_count: bool = False
+    include_attempt_count_in_response: bool = False
+
+
+class RouteSelector(Protocol):
+    def select(self, authority: str, path: str, request: RequestView) -> tuple[VirtualHost, Route] | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfiguration:
+    name: str
+    virtual_hosts: tuple[VirtualHost, ...] = ()
+    mutations: HeaderMutations = NO_MUTATIONS
+    internal_only_headers: tuple[bytes, ...] = ()
+    ignore_port_in_host_matching: bool = False
+    most_specific_header_mutations_wins: bool = False
+    # Built by translate/ from virtual_hosts (sidecar.routing.table.RouteTable).
+    table: RouteSelector | None = field(default=None, compare=False)

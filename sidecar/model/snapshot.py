@@ -1,0 +1,35 @@
+"""A whole configuration version: what the data path reads through `SnapshotStore.current`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from sidecar.model.cluster import Cluster
+from sidecar.model.endpoint import SocketAddress
+from sidecar.model.listener import Listener
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    id: str = ""
+    cluster: str = ""
+    zone: str = ""
+    metadata: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Admin:
+    address: SocketAddress | None = None
+    access_log_path: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    listeners: tuple[Listener, ...] = ()
+    clusters: Mapping[str, Cluster] = field(default_factory=dict)
+    admin: Admin = Admin()
+    node: Node = Node()
+    version: str = ""
+    # The bootstrap as JSON-able dict (for /config_dump's BootstrapConfigDump).
+    bootstrap_json: Mapping[str, object] = field(default_factory=dict, compare=False)
