@@ -1,0 +1,1 @@
+"""The init container (traffic capture with iptables/nftables): arrives with issue 5."""

@@ -12,6 +12,8 @@ class SocketAddress:
     host: str
     port: int
     pipe: str = ""
+    # socket_address.ipv4_compat: a listener on "::" also accepts IPv4 (IPV6_V6ONLY off).
+    ipv4_compat: bool = False
 
     def __str__(self) -> str:
         if self.pipe:

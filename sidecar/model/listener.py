@@ -109,6 +109,9 @@ class Listener:
     use_original_dst: bool = False
     backlog: int = 1024
     config_hash: int = 0
+    # Listener.stat_prefix: the listener's stats scope ("listener.<stat_prefix>."); "" means Envoy's
+    # default, the address.
+    stat_prefix: str = ""
 
     def chain(self) -> FilterChain | None:
         """The filter chain for a new connection (chain matching arrives with traffic capture)."""

@@ -1,0 +1,1 @@
+"""Connection pools, one per host per worker: http1 (keep-alive, one request at a time)."""

@@ -1,0 +1,179 @@
+"""Config files the benchmark generates: nginx.conf for the upstream and Envoy bootstraps.
+
+Owns only text: free loopback ports in, file contents out. It starts nothing. Every proxy under test
+gets a bootstrap built by the same function, so Envoy and the sidecar see the same listener, route and
+cluster, differing only in port numbers (both run at once, on their own ports).
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LOOPBACK = "127.0.0.1"
+
+# Scenario names, in the order they run and appear in the report.
+SCENARIOS = ("l7", "l4")
+SCENARIO_TITLES = {
+    "l7": 'L7: http_connection_manager, route prefix "/" -> STATIC cluster, router',
+    "l4": "L4: tcp_proxy -> STATIC cluster",
+}
+
+_HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+_TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free TCP ports on loopback (bound together, then released)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((LOOPBACK, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def response_body(size: int) -> bytes:
+    """The fixed body the upstream returns: printable, no quotes or backslashes (nginx string-safe)."""
+    pattern = b"sidecar-bench-0123456789abcdefghijklmnopqrstuvwxyz-"
+    return (pattern * (size // len(pattern) + 1))[:size]
+
+
+def nginx_conf(workdir: Path, port: int, body: bytes) -> str:
+    """A one-process nginx serving `body` on every path, keep-alive effectively unlimited.
+
+    `master_process off` keeps nginx to one process so pinning it is one `taskset`; keepalive_requests is
+    raised from its default 1000 so that neither the L4 relay nor Envoy's upstream pool sees nginx close
+    connections mid-run (wrk would count the close as a read error through tcp_proxy).
+    """
+    tmp = workdir / "nginx-tmp"
+    return f"""\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {workdir / "nginx.pid"};
+error_log {workdir / "nginx-error.log"} warn;
+events {{
+    worker_connections 4096;
+    multi_accept on;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    keepalive_timeout 120s;
+    keepalive_requests 100000000;
+    server_tokens off;
+    tcp_nodelay on;
+    server {{
+        listen {LOOPBACK}:{port} backlog=4096;
+        default_type text/plain;
+        location / {{
+            return 200 "{body.decode("ascii")}";
+        }}
+    }}
+}}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyPorts:
+    """The ports one proxy instance binds: its data listener and its admin address."""
+
+    listener: int
+    admin: int
+
+
+def _socket_address(port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": LOOPBACK, "port_value": port}}
+
+
+def _static_cluster(upstream_port: int) -> dict[str, Any]:
+    return {
+        "name": "upstream",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": "upstream",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(upstream_port)}}]}],
+        },
+    }
+
+
+def _hcm_filter(route: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": _HCM,
+            "stat_prefix": "bench_http",
+            "codec_type": "AUTO",
+            "route_config": {
+                "name": "bench_route",
+                "virtual_hosts": [{"name": "bench", "domains": ["*"], "routes": [route]}],
+            },
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
+        },
+    }
+
+
+def bootstrap(scenario: str, ports: ProxyPorts, upstream_port: int) -> dict[str, Any]:
+    """The bootstrap for `scenario` ("l7" or "l4"): one listener to one STATIC cluster, plus admin."""
+    if scenario == "l7":
+        network_filter = _hcm_filter({"match": {"prefix": "/"}, "route": {"cluster": "upstream"}})
+    elif scenario == "l4":
+        network_filter = {
+            "name": "envoy.filters.network.tcp_proxy",
+            "typed_config": {"@type": _TCP_PROXY, "stat_prefix": "bench_tcp", "cluster": "upstream"},
+        }
+    else:
+        raise ValueError(f"unknown scenario {scenario!r}")
+    return {
+        "admin": {"address": _socket_address(ports.admin)},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": f"bench_{scenario}",
+                    "address": _socket_address(ports.listener),
+                    "filter_chains": [{"filters": [network_filter]}],
+                }
+            ],
+            "clusters": [_static_cluster(upstream_port)],
+        },
+    }
+
+
+def direct_response_bootstrap(ports: ProxyPorts, body: bytes) -> dict[str, Any]:
+    """Fallback upstream when nginx is missing: an Envoy answering 200 `body` itself (direct_response)."""
+    route = {
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 200, "body": {"inline_string": body.decode()}},
+    }
+    return {
+        "admin": {"address": _socket_address(ports.admin)},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "bench_upstream",
+                    "address": _socket_address(ports.listener),
+                    "filter_chains": [{"filters": [_hcm_filter(route)]}],
+                }
+            ],
+        },
+    }
+
+
+def write_yaml(path: Path, doc: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path

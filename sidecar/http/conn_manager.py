@@ -1,0 +1,379 @@
+"""The HTTP connection manager: what happens to one request between the codec and the router.
+
+`HcmRuntime` is built once per listener config per worker (route table, filter factories, stats
+handles, canned bytes); a connection keeps the runtime it was accepted with (Envoy's snapped route
+config).  `Stream` is one request/response exchange: it runs the decoder filters, owns the response
+framing (date, server, connection, content-length vs chunked) and tells the connection when it is
+done.  Local replies come from http/local_reply.py; this module only decides when."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+from sidecar.http import date, local_reply
+from sidecar.http.codec_h1 import LAST_CHUNK, encode_chunk, encode_response_head
+from sidecar.http.events import Headers, RequestHead, ResponseHead
+from sidecar.http.filters.base import STOP
+from sidecar.model.listener import HttpConnectionManager, ServerHeaderTransformation
+from sidecar.model.route import Route, VirtualHost
+from sidecar.observe.stats import Stats
+
+if TYPE_CHECKING:
+    from sidecar.http.protocol import Http1ServerConnection
+    from sidecar.upstream.cluster_manager import ClusterManager
+
+_getrandbits = random.getrandbits
+
+
+def new_request_id() -> bytes:
+    """A random (version 4) UUID, as Envoy's UUIDUtils generates for x-request-id."""
+    r = _getrandbits(128)
+    h = b"%032x" % r
+    # version nibble 4, variant bits 10xx (RFC 4122 section 4.4)
+    return b"%s-%s-4%s-%x%s-%s" % (h[0:8], h[8:12], h[13:16], 8 | (r >> 60 & 3), h[17:20], h[20:32])
+
+
+def _weights_mutate(route: Route) -> bool:
+    ws = getattr(route.action, "weighted_clusters", ())
+    return any(not w.mutations.empty for w in ws)
+
+
+class HcmStats:
+    __slots__ = (
+        "by_class",
+        "downstream_cx_active",
+        "downstream_cx_destroy",
+        "downstream_cx_http1_active",
+        "downstream_cx_http1_total",
+        "downstream_cx_idle_timeout",
+        "downstream_cx_protocol_error",
+        "downstream_cx_total",
+        "downstream_rq_active",
+        "downstream_rq_completed",
+        "downstream_rq_http1_total",
+        "downstream_rq_idle_timeout",
+        "downstream_rq_rx_reset",
+        "downstream_rq_timeout",
+        "downstream_rq_too_large",
+        "downstream_rq_total",
+        "downstream_rq_tx_reset",
+        "no_cluster",
+        "no_route",
+        "rq_direct_response",
+        "rq_redirect",
+        "rq_total",
+        "downstream_rq_ws_on_non_ws_route",
+    )
+
+    def __init__(self, stats: Stats, prefix: str) -> None:
+        p = f"http.{prefix}."
+        for attr in self.__slots__:
+            if attr == "by_class":
+                continue
+            maker = stats.gauge if attr.endswith("_active") else stats.counter
+            setattr(self, attr, maker(p + attr))
+        self.by_class = tuple(stats.counter(f"{p}downstream_rq_{c}xx") for c in range(1, 6))
+
+
+class HcmRuntime:
+    """Everything a connection of one HCM needs, built off the hot path."""
+
+    __slots__ = (
+        "cfg",
+        "cluster_manager",
+        "filter_factories",
+        "loop",
+        "max_header_bytes",
+        "route_config",
+        "server",
+        "server_mode",
+        "stats",
+        "table",
+        "buffer_limit",
+        "has_mutations",
+    )
+
+    def __init__(
+        self,
+        cfg: HttpConnectionManager,
+        cluster_manager: ClusterManager,
+        stats: Stats,
+        loop: Any,
+        filter_factories: tuple[Any, ...],
+        buffer_limit: int,
+    ) -> None:
+        self.cfg = cfg
+        self.cluster_manager = cluster_manager
+        self.loop = loop
+        self.route_config = cfg.route_config
+        self.table = cfg.route_config.table
+        self.stats = HcmStats(stats, cfg.stat_prefix)
+        self.server = cfg.server_name.encode()
+        self.server_mode = cfg.server_header_transformation
+        self.max_header_bytes = cfg.max_request_headers_kb * 1024
+        self.filter_factories = filter_factories
+        self.buffer_limit = buffer_limit
+        rc = cfg.route_config
+        # Skip header-mutation work entirely when no level of this route config has any.
+        self.has_mutations = not rc.mutations.empty or any(
+            not vh.mutations.empty
+            or any(not r.mutations.empty or _weights_mutate(r) for r in vh.routes)
+            for vh in rc.virtual_hosts
+        )
+
+
+class Stream:
+    """One request and its response on a downstream connection."""
+
+    __slots__ = (
+        "chunked_out",
+        "close_after",
+        "conn",
+        "filters",
+        "head",
+        "head_only",
+        "body_expected",
+        "pending",
+        "req_done",
+        "resp_done",
+        "resp_started",
+        "route",
+        "rt",
+        "started",
+        "status",
+        "vhost",
+        "t0",
+        "request_id",
+    )
+
+    def __init__(self, conn: Http1ServerConnection, rt: HcmRuntime, head: RequestHead) -> None:
+        self.conn = conn
+        self.rt = rt
+        self.head = head
+        self.route: Route | None = None
+        self.vhost: VirtualHost | None = None
+        self.filters: tuple[Any, ...] = ()
+        self.req_done = False
+        self.resp_started = False
+        self.resp_done = False
+        self.started = False
+        self.pending: list[bytes] | None = None
+        self.chunked_out = False
+        self.close_after = not head.keep_alive
+        self.head_only = head.method == b"HEAD"
+        self.body_expected = False  # set by the codec: content-length > 0 or chunked
+        self.status = 0
+        self.t0 = 0.0
+        self.request_id = b""
+
+    # -- request side ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Run the request head through the filter chain (the stream is first in line)."""
+        self.started = True
+        self.t0 = time.monotonic()
+        rt = self.rt
+        st = rt.stats
+        st.downstream_rq_total.inc()
+        st.downstream_rq_http1_total.inc()
+        st.downstream_rq_active.inc()
+        head = self.head
+        cfg = rt.cfg
+        if head.version == b"1.0" and not cfg.accept_http_10:
+            # Envoy's HTTP/1 codec refuses HTTP/1.0 unless accept_http_10: 426 and close.
+            self.close_after = True
+            self.local_reply(426, local_reply.UPGRADE_REQUIRED)
+            return
+        if not head.authority:
+            if head.version == b"1.0" and cfg.default_host_for_http_10:
+                head.authority = cfg.default_host_for_http_10.encode()
+            else:
+                # RFC 9112 section 3.2: a 1.1 request without Host is a 400 (Envoy: empty body).
+                self.close_after = True
+                self.local_reply(400, None)
+                return
+        self._edge_headers(head, cfg)
+        table = rt.table
+        path = head.path
+        sel = table.select(head.authority.decode("latin-1"), path.decode("latin-1"), head) if table else None
+        if sel is not None:
+            self.vhost, self.route = sel
+        ff = rt.filter_factories
+        filters = self.filters = (ff[0](),) if len(ff) == 1 else tuple([f() for f in ff])
+        end = self.req_done and not self.pending
+        for f in filters:
+            if f.on_request_head(self, head, end) == STOP:
+                break
+        if self.pending:
+            pending = self.pending
+            self.pending = None
+            last = len(pending) - 1
+            for i, chunk in enumerate(pending):
+                self._decode_body(chunk, self.req_done and i == last)
+
+    def _edge_headers(self, head: RequestHead, cfg: HttpConnectionManager) -> None:
+        """x-forwarded-for/-proto and x-request-id (Envoy's ConnectionManagerUtility::mutateRequestHeaders)."""
+        headers = head.headers
+        if cfg.use_remote_address:
+            if not cfg.skip_xff_append:
+                peer = self.conn.peer_ip
+                xff = head.get(b"x-forwarded-for")
+                if xff is None:
+                    headers.append((b"x-forwarded-for", peer))
+                else:
+                    head.set(b"x-forwarded-for", xff + b"," + peer)
+            head.set(b"x-forwarded-proto", head.scheme)
+        elif head.get(b"x-forwarded-proto") is None:
+            headers.append((b"x-forwarded-proto", head.scheme))
+        if cfg.generate_request_id:
+            rid = head.get(b"x-request-id")
+            if rid is None:
+                rid = new_request_id()
+                headers.append((b"x-request-id", rid))
+            elif cfg.use_remote_address and not cfg.preserve_external_request_id:
+                rid = new_request_id()
+                head.set(b"x-request-id", rid)
+            self.request_id = rid
+
+    def on_body(self, chunk: bytes) -> None:
+        if not self.started:
+            if self.pending is None:
+                self.pending = [chunk]
+            else:
+                self.pending.append(chunk)
+            return
+        self._decode_body(chunk, False)
+
+    def on_end(self) -> None:
+        self.req_done = True
+        if not self.started:
+            return
+        if self.resp_done:
+            self._finish()
+            return
+        self._decode_body(b"", True)
+
+    def _decode_body(self, chunk: bytes, end: bool) -> None:
+        if self.resp_done:
+            return
+        for f in self.filters:
+            if f.on_request_body(self, chunk, end) == STOP:
+                break
+
+    # -- response side --------------------------------------------------------------------------
+    def send_head(self, status: int, headers: Headers, end: bool) -> None:
+        """Response head from the router (upstream) or a filter; adds date/server/framing."""
+        if self.resp_started:
+            return
+        self.resp_started = True
+        self.status = status
+        rt = self.rt
+        has_date = False
+        has_length = False
+        server_at = -1
+        for i, (k, _) in enumerate(headers):
+            if k == b"date":
+                has_date = True
+            elif k == b"server":
+                server_at = i
+            elif k == b"content-length":
+                has_length = True
+        if not has_date:
+            headers.append((b"date", date.current()))
+        mode = rt.server_mode
+        if mode is ServerHeaderTransformation.OVERWRITE:
+            if server_at >= 0:
+                headers[server_at] = (b"server", rt.server)
+            else:
+                headers.append((b"server", rt.server))
+        elif mode is ServerHeaderTransformation.APPEND_IF_ABSENT and server_at < 0:
+            headers.append((b"server", rt.server))
+        conn = self.conn
+        if conn.draining:
+            self.close_after = True
+        if self.close_after:
+            headers.append((b"connection", b"close"))
+        if not end and not has_length and not self.head_only and status not in (204, 304):
+            if self.head.version == b"1.0":
+                self.close_after = True  # close-delimited body for an HTTP/1.0 client
+            else:
+                self.chunked_out = True
+                headers.append((b"transfer-encoding", b"chunked"))
+        elif end and not has_length and status not in (204, 304) and not (100 <= status < 200):
+            headers.append((b"content-length", b"0"))
+        conn.write(encode_response_head(status, headers))
+        if end:
+            self._response_complete()
+
+    def send_body(self, data: bytes, end: bool) -> None:
+        if self.resp_done:
+            return
+        if data and not self.head_only:
+            self.conn.write(encode_chunk(data) if self.chunked_out else data)
+        if end:
+            if self.chunked_out and not self.head_only:
+                self.conn.write(LAST_CHUNK)
+            self._response_complete()
+
+    def local_reply(
+        self, status: int, body: bytes | None, extra: Headers | None = None, close: bool = False
+    ) -> None:
+        """Answer from the proxy itself (Envoy's sendLocalReply); ends the filter chain."""
+        if self.resp_started:
+            # Too late for a reply: reset the downstream (Envoy resets the stream).
+            self.rt.stats.downstream_rq_tx_reset.inc()
+            self.conn.abort()
+            self._response_complete()
+            return
+        self.resp_started = True
+        self.status = status
+        if close or (self.body_expected and not self.req_done) or self.conn.draining:
+            # The rest of the request body was not read: the connection can't be reused.
+            self.close_after = True
+        rt = self.rt
+        server = rt.server if rt.server_mode is not ServerHeaderTransformation.PASS_THROUGH else None
+        self.conn.write(local_reply.encode(status, body, server, self.close_after, extra, head_only=self.head_only))
+        self._response_complete()
+
+    def _response_complete(self) -> None:
+        if self.resp_done:
+            return
+        self.resp_done = True
+        st = self.rt.stats
+        st.downstream_rq_active.dec()
+        st.downstream_rq_completed.inc()
+        k = self.status // 100
+        if 1 <= k <= 5:
+            st.by_class[k - 1].inc()
+        if self.req_done or self.close_after:
+            self._finish()
+
+    def _finish(self) -> None:
+        for f in self.filters:
+            f.on_destroy(self)
+        self.conn.stream_done(self)
+
+    def reset(self) -> None:
+        """The downstream went away: tell the filters (the router resets its upstream)."""
+        if not self.resp_done:
+            self.resp_done = True
+            st = self.rt.stats
+            st.downstream_rq_active.dec()
+            st.downstream_rq_rx_reset.inc()
+        for f in self.filters:
+            f.on_destroy(self)
+        self.filters = ()
+
+    # -- flow control (called by the connection) --------------------------------------------------
+    def on_downstream_pause(self) -> None:
+        for f in self.filters:
+            p = getattr(f, "on_downstream_pause", None)
+            if p is not None:
+                p()
+
+    def on_downstream_resume(self) -> None:
+        for f in self.filters:
+            p = getattr(f, "on_downstream_resume", None)
+            if p is not None:
+                p()

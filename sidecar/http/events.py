@@ -1,0 +1,93 @@
+"""What a codec hands the connection manager: request and response heads.
+
+Header names are lowercase `bytes`, values `bytes`, in arrival order; a list of pairs (not a dict)
+because order and repeats are part of what the upstream must see (Envoy's HeaderMap keeps both)."""
+
+from __future__ import annotations
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class RequestHead:
+    """A request head.  Implements model.route.RequestView for route matching."""
+
+    __slots__ = ("authority", "headers", "keep_alive", "method", "path", "scheme", "version")
+
+    def __init__(
+        self,
+        method: bytes,
+        path: bytes,
+        version: bytes,
+        headers: Headers,
+        authority: bytes,
+        keep_alive: bool,
+        scheme: bytes = b"http",
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.version = version  # b"1.1" or b"1.0"
+        self.headers = headers  # without host: `authority` carries it (Envoy's :authority)
+        self.authority = authority
+        self.keep_alive = keep_alive
+        self.scheme = scheme
+
+    def get(self, name: bytes) -> bytes | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+    def header(self, name: str) -> str | None:
+        """RequestView: pseudo-headers answered; several values joined with ','."""
+        if name[0] == ":":
+            if name == ":authority":
+                return self.authority.decode("latin-1")
+            if name == ":method":
+                return self.method.decode("latin-1")
+            if name == ":path":
+                return self.path.decode("latin-1")
+            if name == ":scheme":
+                return self.scheme.decode("latin-1")
+            return None
+        if name == "host":
+            return self.authority.decode("latin-1")
+        key = name.encode("latin-1")
+        found: list[bytes] | None = None
+        for k, v in self.headers:
+            if k == key:
+                if found is None:
+                    found = [v]
+                else:
+                    found.append(v)
+        if found is None:
+            return None
+        return b",".join(found).decode("latin-1")
+
+    def remove(self, name: bytes) -> None:
+        self.headers = [h for h in self.headers if h[0] != name]
+
+    def set(self, name: bytes, value: bytes) -> None:
+        """Replace every value of `name` with one (appended when absent)."""
+        hs = self.headers
+        for i, (k, _) in enumerate(hs):
+            if k == name:
+                hs[i] = (name, value)
+                if any(h[0] == name for h in hs[i + 1 :]):
+                    self.headers = hs[: i + 1] + [h for h in hs[i + 1 :] if h[0] != name]
+                return
+        hs.append((name, value))
+
+
+class ResponseHead:
+    __slots__ = ("headers", "reason", "status")
+
+    def __init__(self, status: int, headers: Headers, reason: bytes = b"") -> None:
+        self.status = status
+        self.headers = headers
+        self.reason = reason
+
+    def get(self, name: bytes) -> bytes | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None

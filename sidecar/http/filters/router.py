@@ -1,0 +1,347 @@
+"""envoy.filters.http.router: the terminal filter that forwards a request to a cluster.
+
+It applies the route's action (direct response, redirect, or forwarding with rewrites and header
+mutations), picks a host, borrows a pooled connection, streams the body both ways with flow control
+and arms the route timeout.  Route choice itself is routing/table.py; host choice is upstream/."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import TYPE_CHECKING
+
+from sidecar.http import local_reply
+from sidecar.http.codec_h1 import HOP_BY_HOP, HOP_BY_HOP_RESPONSE, LAST_CHUNK, encode_chunk, encode_request_head
+from sidecar.http.events import Headers, RequestHead
+from sidecar.http.filters.base import STOP, PassThrough
+from sidecar.http.header_mutation import apply_request_mutations, apply_response_mutations
+from sidecar.model.route import DirectResponseAction, RedirectAction, RouteAction
+from sidecar.routing import rewrite, weighted
+
+if TYPE_CHECKING:
+    from sidecar.http.conn_manager import Stream
+    from sidecar.upstream.cluster_manager import ClusterState, Host
+    from sidecar.upstream.pools.http1 import Http1UpstreamConnection
+
+_monotonic = time.monotonic
+_getrandbits = random.getrandbits
+
+
+class Router(PassThrough):
+    __slots__ = (
+        "body_chunked",
+        "cluster",
+        "conn",
+        "done",
+        "downstream",
+        "host",
+        "paused_downstream",
+        "pending",
+        "pending_bytes",
+        "sent_at",
+        "stream",
+        "timeout",
+        "timer",
+        "weight",
+    )
+
+    def __init__(self) -> None:
+        self.stream: Stream | None = None
+        self.cluster: ClusterState | None = None
+        self.host: Host | None = None
+        self.conn: Http1UpstreamConnection | None = None
+        self.pending: list[bytes] | None = None
+        self.pending_bytes = 0
+        self.body_chunked = False
+        self.done = False
+        self.timer = None
+        self.timeout = 0.0
+        self.sent_at = 0.0
+        self.paused_downstream = False
+        self.weight = None
+
+    # -- request ------------------------------------------------------------------------------------
+    def on_request_head(self, stream: Stream, head: RequestHead, end: bool) -> int:
+        self.stream = stream
+        self.downstream = stream.conn
+        rt = stream.rt
+        route = stream.route
+        if route is None:
+            rt.stats.no_route.inc()
+            stream.local_reply(404, None)
+            return STOP
+        action = route.action
+        t = type(action)
+        if t is not RouteAction:
+            if t is DirectResponseAction:
+                assert isinstance(action, DirectResponseAction)
+                rt.stats.rq_direct_response.inc()
+                extra: Headers = []
+                apply_response_mutations(extra, stream, None)
+                stream.local_reply(action.status, action.body, extra or None)
+                return STOP
+            assert isinstance(action, RedirectAction)
+            # Envoy counts redirects under rq_direct_response too (rq_redirect stays 0).
+            rt.stats.rq_direct_response.inc()
+            xfp = head.get(b"x-forwarded-proto")
+            location = rewrite.redirect_location(
+                action,
+                head.scheme.decode(),
+                head.authority.decode("latin-1"),
+                head.path.decode("latin-1"),
+                route,
+                xfp.decode("latin-1") if xfp is not None else None,
+            )
+            extra = [(b"location", location.encode("latin-1"))]
+            apply_response_mutations(extra, stream, None)
+            stream.local_reply(action.response_code, None, extra)
+            return STOP
+        assert isinstance(action, RouteAction)
+        cw = None
+        if action.weighted_clusters:
+            cw = weighted.pick(action.weighted_clusters, action.total_weight, _getrandbits(32))
+            name = cw.name
+        elif action.cluster_header:
+            v = head.get(action.cluster_header.encode())
+            name = v.decode("latin-1") if v is not None else ""
+        else:
+            name = action.cluster
+        self.weight = cw
+        cluster = rt.cluster_manager.get(name)
+        if cluster is None:
+            rt.stats.no_cluster.inc()
+            stream.local_reply(action.cluster_not_found_response_code, None)
+            return STOP
+        self.cluster = cluster
+        host = cluster.pick()
+        if host is None:
+            cluster.stats.upstream_cx_none_healthy.inc()
+            self._reply(503, local_reply.NO_HEALTHY_UPSTREAM)
+            return STOP
+        self.host = host
+        # Rewrites (Envoy's finalizeRequestHeaders): path, then host, then header mutations.
+        path = head.path
+        if action.prefix_rewrite or action.regex_rewrite is not None:
+            rewritten = rewrite.rewrite_path(route, action, path.decode("latin-1"))
+            if rewritten is not None:
+                new_path = rewritten.encode("latin-1")
+                head.set(b"x-envoy-original-path", path)
+                head.path = new_path
+        authority = head.authority
+        new_host = b""
+        if cw is not None and cw.host_rewrite_literal:
+            new_host = cw.host_rewrite_literal.encode()
+        elif action.host_rewrite_literal:
+            new_host = action.host_rewrite_literal.encode()
+        elif action.auto_host_rewrite and host.hostname:
+            new_host = host.hostname.encode()
+        elif action.host_rewrite_header:
+            v = head.get(action.host_rewrite_header.encode())
+            if v:
+                new_host = v
+        if new_host:
+            if action.append_x_forwarded_host:
+                xfh = head.get(b"x-forwarded-host")
+                head.set(b"x-forwarded-host", authority if xfh is None else xfh + b"," + authority)
+            head.authority = new_host
+        apply_request_mutations(head, stream, cw)
+        headers = head.headers
+        timeout = action.timeout
+        self.timeout = timeout
+        if timeout > 0:
+            head.set(b"x-envoy-expected-rq-timeout-ms", b"%d" % int(timeout * 1000))
+        out: Headers = []
+        chunked = False
+        for h in headers:
+            k = h[0]
+            if k in HOP_BY_HOP:
+                if k == b"transfer-encoding":
+                    chunked = True
+                    continue
+                if k == b"te" and h[1].lower() == b"trailers":
+                    out.append(h)
+                continue
+            if k == b"expect":
+                continue  # answered by us (100-continue), never forwarded
+            out.append(h)
+        if chunked:
+            out.append((b"transfer-encoding", b"chunked"))
+        self.body_chunked = chunked
+        self.pending = [encode_request_head(head.method, head.path, head.authority, out)]
+        cluster.stats.upstream_rq_total.inc()
+        cluster.stats.upstream_rq_active.inc()
+        host.rq_total.inc()
+        host.rq_active.inc()
+        if end:
+            self._request_complete()
+        host.pool.acquire(self)
+        return STOP
+
+    def on_request_body(self, stream: Stream, chunk: bytes, end: bool) -> int:
+        if self.done or self.cluster is None:
+            return STOP
+        data = chunk
+        if self.body_chunked:
+            data = encode_chunk(chunk) if chunk else b""
+            if end:
+                data += LAST_CHUNK
+        if data:
+            conn = self.conn
+            if conn is not None:
+                conn.send(data)
+            else:
+                pending = self.pending
+                assert pending is not None
+                pending.append(data)
+                self.pending_bytes += len(data)
+                if self.pending_bytes > stream.rt.buffer_limit and not self.paused_downstream:
+                    self.paused_downstream = True
+                    stream.conn.pause_reading()
+        if end:
+            self._request_complete()
+        return STOP
+
+    def _request_complete(self) -> None:
+        # Envoy arms the route timeout when the downstream request is complete.
+        if self.timeout > 0 and self.timer is None:
+            stream = self.stream
+            assert stream is not None
+            self.timer = stream.rt.loop.call_later(self.timeout, self._on_timeout)
+
+    # -- upstream events (pools/http1.UpstreamHandler) ------------------------------------------------
+    def on_upstream_ready(self, conn: Http1UpstreamConnection) -> None:
+        if self.done:
+            conn.handler = None
+            conn.pool.release(conn)
+            return
+        self.conn = conn
+        stream = self.stream
+        assert stream is not None
+        conn.head_request = stream.head_only
+        pending = self.pending
+        self.pending = None
+        self.sent_at = _monotonic()
+        if pending:
+            conn.send(b"".join(pending) if len(pending) > 1 else pending[0])
+        if self.paused_downstream:
+            self.paused_downstream = False
+            stream.conn.resume_reading()
+
+    def on_upstream_failure(self, reason: bytes) -> None:
+        if self.done:
+            return
+        stream = self.stream
+        assert stream is not None and self.host is not None and self.cluster is not None
+        self.conn = None
+        self.host.rq_error.inc()
+        if stream.resp_started:
+            self._cleanup()
+            stream.local_reply(503, None)  # resets the downstream
+            return
+        self.cluster.stats.upstream_rq_rx_reset.inc()
+        self._reply(503, local_reply.UPSTREAM_RESET_PREFIX + reason)
+
+    def on_upstream_headers(self, status: int, headers: Headers, chunked: bool) -> None:
+        stream = self.stream
+        assert stream is not None and self.cluster is not None
+        if self.done:
+            return
+        out: Headers = []
+        for h in headers:
+            if h[0] not in HOP_BY_HOP_RESPONSE:
+                out.append(h)
+        ms = int((_monotonic() - self.sent_at) * 1000)
+        out.append((b"x-envoy-upstream-service-time", b"%d" % ms))
+        apply_response_mutations(out, stream, self.weight)
+        self.cluster.stats.response(status)
+        stream.send_head(status, out, False)
+
+    def on_upstream_body(self, data: bytes) -> None:
+        stream = self.stream
+        if stream is not None and not self.done:
+            stream.send_body(data, False)
+
+    def on_upstream_end(self) -> None:
+        stream = self.stream
+        if stream is None or self.done:
+            return
+        self.conn = None
+        assert self.host is not None
+        self.host.rq_success.inc()
+        self._cleanup()
+        stream.send_body(b"", True)
+
+    def on_upstream_pause(self) -> None:
+        # The upstream socket's write buffer is full: stop reading the downstream.
+        stream = self.stream
+        if stream is not None and not self.paused_downstream:
+            self.paused_downstream = True
+            stream.conn.pause_reading()
+
+    def on_upstream_resume(self) -> None:
+        stream = self.stream
+        if stream is not None and self.paused_downstream:
+            self.paused_downstream = False
+            stream.conn.resume_reading()
+
+    # -- downstream flow control (from the stream) -------------------------------------------------------
+    def on_downstream_pause(self) -> None:
+        if self.conn is not None:
+            self.conn.pause_reading()
+
+    def on_downstream_resume(self) -> None:
+        if self.conn is not None:
+            self.conn.resume_reading()
+
+    # -- endings --------------------------------------------------------------------------------
+    def _on_timeout(self) -> None:
+        self.timer = None
+        if self.done:
+            return
+        stream = self.stream
+        assert stream is not None and self.cluster is not None
+        self.cluster.stats.upstream_rq_timeout.inc()
+        if self.host is not None:
+            self.host.rq_timeout.inc()
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.detach()
+        if stream.resp_started:
+            self._cleanup()
+            stream.local_reply(504, None)  # headers already sent: this resets the downstream
+            return
+        self._reply(504, local_reply.UPSTREAM_TIMEOUT)
+
+    def _reply(self, status: int, body: bytes) -> None:
+        stream = self.stream
+        assert stream is not None
+        self._cleanup()
+        extra: Headers = []
+        apply_response_mutations(extra, stream, self.weight)
+        stream.local_reply(status, body, extra or None)
+
+    def _cleanup(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.cluster is not None and self.host is not None:
+            self.cluster.stats.upstream_rq_active.dec()
+            self.host.rq_active.dec()
+
+    def on_destroy(self, stream: Stream) -> None:
+        if not self.done:
+            # The downstream went away mid-request: reset the upstream request.
+            self._cleanup()
+            if self.cluster is not None:
+                self.cluster.stats.upstream_rq_tx_reset.inc()
+            conn = self.conn
+            self.conn = None
+            if conn is not None:
+                conn.detach()
+        if self.paused_downstream:
+            self.paused_downstream = False
+

@@ -1,0 +1,377 @@
+"""The downstream HTTP/1.1 connection: an asyncio.Protocol around llhttp (httptools, strict mode).
+
+It moves bytes and nothing else: parser callbacks become `RequestHead`s and body chunks handed to a
+`Stream` (http/conn_manager.py); responses are written in request order (pipelined requests wait
+their turn, RFC 9112 section 9.3.2); read/write pausing is passed through for backpressure; codec
+errors become Envoy's local replies and a close."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+import httptools
+
+from sidecar.http import local_reply
+from sidecar.http.codec_h1 import valid_header_name
+from sidecar.http.conn_manager import HcmRuntime, Stream
+from sidecar.http.events import Headers, RequestHead
+from sidecar.model.listener import HeadersWithUnderscoresAction, ServerHeaderTransformation
+
+_CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class _CodecError(Exception):
+    def __init__(self, status: int, body: bytes | None) -> None:
+        self.status = status
+        self.body = body
+
+
+class Http1ServerConnection(asyncio.Protocol):
+    __slots__ = (
+        "_authority",
+        "_cl_count",
+        "_cl_zero",
+        "_expect",
+        "_header_bytes",
+        "_headers",
+        "_nheaders",
+        "_url",
+        "active",
+        "closed",
+        "corked",
+        "draining",
+        "idle_timer",
+        "last_active",
+        "local_addr",
+        "local_ip",
+        "owner",
+        "parser",
+        "parsing",
+        "peer_addr",
+        "peer_ip",
+        "queue",
+        "read_paused",
+        "rt",
+        "transport",
+        "write_paused",
+        "_te",
+    )
+
+    def __init__(self, rt: HcmRuntime, owner: object = None) -> None:
+        self.rt = rt
+        self.owner = owner  # the listener's connection set (for drain), or None
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.active: Stream | None = None
+        self.parsing: Stream | None = None
+        self.queue: deque[Stream] = deque()
+        self.closed = False
+        self.corked: list[bytes] | None = None
+        self.draining = False
+        self.read_paused = False
+        self.write_paused = False
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.last_active = 0.0
+        self.peer_ip = b""
+        self.peer_addr = b""
+        self.local_ip = b""
+        self.local_addr = b""
+        self._url = b""
+        self._headers: Headers = []
+        self._authority = b""
+        self._header_bytes = 0
+        self._nheaders = 0
+        self._expect = False
+        self._cl_count = 0
+        self._cl_zero = False
+        self._te = False
+
+    # -- asyncio.Protocol -----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
+        limit = self.rt.buffer_limit
+        transport.set_write_buffer_limits(high=limit, low=limit // 2)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer_ip = str(peer[0]).encode()
+            self.peer_addr = b"%s:%d" % (self.peer_ip, peer[1]) if ":" not in peer[0] else b"[%s]:%d" % (self.peer_ip, peer[1])
+        local = transport.get_extra_info("sockname")
+        if isinstance(local, tuple):
+            self.local_ip = str(local[0]).encode()
+            self.local_addr = b"%s:%d" % (self.local_ip, local[1])
+        st = self.rt.stats
+        st.downstream_cx_total.inc()
+        st.downstream_cx_active.inc()
+        st.downstream_cx_http1_total.inc()
+        st.downstream_cx_http1_active.inc()
+        if self.owner is not None:
+            self.owner.add(self)  # type: ignore[attr-defined]
+        self._arm_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        st = self.rt.stats
+        st.downstream_cx_active.dec()
+        st.downstream_cx_http1_active.dec()
+        st.downstream_cx_destroy.inc()
+        if self.owner is not None:
+            self.owner.discard(self)  # type: ignore[attr-defined]
+        s = self.active
+        self.active = None
+        if s is not None:
+            s.reset()
+        for q in self.queue:
+            q.reset()
+        self.queue.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.cork()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._codec_error(_CodecError(403, None))  # upgrades are not configured (upgrade_configs)
+        except httptools.HttpParserCallbackError as exc:
+            ctx = exc.__context__
+            if isinstance(ctx, _CodecError):
+                self._codec_error(ctx)
+            else:
+                raise
+        except httptools.HttpParserError:
+            self._codec_error(_CodecError(400, local_reply.BAD_REQUEST))
+        finally:
+            self.uncork()
+
+    def eof_received(self) -> bool | None:
+        # A half-closed client still gets its pending responses (Envoy waits for them), unless
+        # nothing is in flight.
+        if self.active is None and self.parsing is None:
+            return False
+        return True
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.active is not None:
+            self.active.on_downstream_pause()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.active is not None:
+            self.active.on_downstream_resume()
+
+    # -- llhttp callbacks ----------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._authority = b""
+        self._header_bytes = 0
+        self._nheaders = 0
+        self._expect = False
+        self._cl_count = 0
+        self._cl_zero = False
+        self._te = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._header_bytes += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value)
+        self._nheaders += 1
+        rt = self.rt
+        if self._header_bytes > rt.max_header_bytes or self._nheaders > rt.cfg.max_headers_count:
+            raise _CodecError(431, local_reply.HEADERS_TOO_LARGE)
+        name = name.lower()
+        if name == b"host":
+            if self._authority:
+                raise _CodecError(400, local_reply.BAD_REQUEST)
+            self._authority = value
+            return
+        if b"_" in name:
+            act = rt.cfg.headers_with_underscores_action
+            if act is HeadersWithUnderscoresAction.REJECT_REQUEST:
+                raise _CodecError(400, local_reply.BAD_REQUEST)
+            if act is HeadersWithUnderscoresAction.DROP_HEADER:
+                return
+        if name == b"content-length":
+            self._cl_count += 1
+            self._cl_zero = value.strip() == b"0"
+        elif name == b"transfer-encoding":
+            self._te = True
+        elif name == b"expect" and value.lower() == b"100-continue":
+            self._expect = True
+        if not valid_header_name(name):
+            raise _CodecError(400, local_reply.BAD_REQUEST)
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        p = self.parser
+        if self._cl_count > 1 or (self._te and self._cl_count):
+            # RFC 9112 section 6.3: conflicting framing is a smuggling vector; Envoy refuses it.
+            raise _CodecError(400, local_reply.BAD_REQUEST)
+        url = self._url
+        if not url or (url[0] != 47 and url != b"*"):  # 47 == "/"
+            # absolute-form (http://host/path) is proxy-style: take the authority from it.
+            if url.startswith((b"http://", b"https://")):
+                rest = url.split(b"://", 1)[1]
+                slash = rest.find(b"/")
+                auth, path = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+                self._authority = auth
+                url = path
+            elif p.get_method() != b"CONNECT":
+                raise _CodecError(400, local_reply.BAD_REQUEST)
+        head = RequestHead(
+            p.get_method(),
+            url,
+            p.get_http_version().encode(),
+            self._headers,
+            self._authority,
+            p.should_keep_alive(),
+        )
+        stream = Stream(self, self.rt, head)
+        stream.body_expected = self._te or (self._cl_count > 0 and not self._cl_zero)
+        self.parsing = stream
+        if self.active is None:
+            self.active = stream
+            if self._expect:
+                self.write(_CONTINUE_100)
+            stream.start()
+        else:
+            self.queue.append(stream)
+            if len(self.queue) > 32 and not self.read_paused:
+                self.pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        s = self.parsing
+        if s is not None:
+            s.on_body(body)
+
+    def on_message_complete(self) -> None:
+        s = self.parsing
+        self.parsing = None
+        if s is not None:
+            s.on_end()
+
+    # -- called by streams ---------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        corked = self.corked
+        if corked is not None:
+            corked.append(data)
+            return
+        t = self.transport
+        if t is not None and not self.closed:
+            t.write(data)
+
+    def cork(self) -> None:
+        """Collect writes until `uncork` (one syscall for a response head and body that arrive
+        in the same upstream read)."""
+        if self.corked is None:
+            self.corked = []
+
+    def uncork(self) -> None:
+        corked = self.corked
+        self.corked = None
+        if corked:
+            t = self.transport
+            if t is not None and not self.closed:
+                t.write(corked[0] if len(corked) == 1 else b"".join(corked))
+
+    def stream_done(self, stream: Stream) -> None:
+        if stream is not self.active:
+            return
+        self.active = None
+        if stream.close_after or self.draining:
+            self.close()
+            return
+        if self.queue:
+            nxt = self.queue.popleft()
+            self.active = nxt
+            if self.read_paused and len(self.queue) <= 8:
+                self.resume_reading()
+            nxt.start()
+            return
+        self.last_active = self.rt.loop.time()
+
+    def pause_reading(self) -> None:
+        if not self.read_paused and self.transport is not None:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused and self.transport is not None and not self.closed:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.uncork()
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.close()
+
+    def abort(self) -> None:
+        t = self.transport
+        if t is not None:
+            t.abort()
+
+    def drain(self) -> None:
+        """Listener drain: finish the in-flight response with `connection: close`, then close."""
+        self.draining = True
+        if self.active is None and self.parsing is None:
+            self.close()
+
+    # -- internals --------------------------------------------------------------------------------
+    def _arm_idle(self) -> None:
+        # One timer per connection, not per request: it re-arms itself for whatever is left of the
+        # idle period since the last response (`last_active`), as Envoy's idle_timeout counts
+        # from the moment the connection has no active stream.
+        timeout = self.rt.cfg.idle_timeout
+        if timeout > 0 and self.transport is not None:
+            self.last_active = self.rt.loop.time()
+            self.idle_timer = self.rt.loop.call_later(timeout, self._on_idle)
+
+    def _on_idle(self) -> None:
+        self.idle_timer = None
+        if self.closed:
+            return
+        loop = self.rt.loop
+        timeout = self.rt.cfg.idle_timeout
+        if self.active is not None or self.parsing is not None:
+            self.idle_timer = loop.call_later(timeout, self._on_idle)
+            return
+        left = self.last_active + timeout - loop.time()
+        if left > 0.001:
+            self.idle_timer = loop.call_later(left, self._on_idle)
+            return
+        self.rt.stats.downstream_cx_idle_timeout.inc()
+        self.close()
+
+    def _codec_error(self, err: _CodecError) -> None:
+        """Envoy's codec-level error: the local reply (when nothing was sent yet) and a close."""
+        self.rt.stats.downstream_cx_protocol_error.inc()
+        s = self.parsing if self.parsing is not None else self.active
+        if s is not None and s is self.active and s.started:
+            s.close_after = True
+            if not s.resp_started:
+                s.local_reply(err.status, err.body, close=True)
+            self.close()
+            return
+        if self.active is None:
+            rt = self.rt
+            server = rt.server if rt.server_mode is not ServerHeaderTransformation.PASS_THROUGH else None
+            self.write(local_reply.encode(err.status, err.body, server, close=True))
+            rt.stats.by_class[err.status // 100 - 1].inc()
+        self.close()
+        self.closed_for_error()
+
+    def closed_for_error(self) -> None:
+        self.parsing = None
+        for q in self.queue:
+            q.reset()
+        self.queue.clear()

@@ -1,0 +1,277 @@
+"""envoy.filters.network.tcp_proxy: relay bytes between a downstream and an upstream connection.
+
+Backpressure both ways (a side whose write buffer is over the limit pauses reading on the other),
+half-close passed through (FIN one way does not end the other direction, as Envoy), idle timeout
+(default 1 h) measured lazily from the last byte either way."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import TYPE_CHECKING
+
+from sidecar.model.listener import TcpProxy
+from sidecar.observe.stats import Stats
+from sidecar.routing import weighted
+from sidecar.model.route import ClusterWeight
+
+if TYPE_CHECKING:
+    from sidecar.upstream.cluster_manager import ClusterManager, Host
+
+
+class TcpProxyStats:
+    __slots__ = (
+        "downstream_cx_total",
+        "downstream_cx_no_route",
+        "downstream_cx_rx_bytes_total",
+        "downstream_cx_tx_bytes_total",
+        "idle_timeout",
+        "upstream_flush_active",
+    )
+
+    def __init__(self, stats: Stats, prefix: str) -> None:
+        p = f"tcp.{prefix}."
+        for attr in self.__slots__:
+            maker = stats.gauge if attr.endswith("_active") else stats.counter
+            setattr(self, attr, maker(p + attr))
+
+
+class TcpProxyRuntime:
+    """Per listener config per worker."""
+
+    __slots__ = ("buffer_limit", "cfg", "cluster_manager", "loop", "stats", "weights")
+
+    def __init__(self, cfg: TcpProxy, cm: ClusterManager, stats: Stats, loop: asyncio.AbstractEventLoop, buffer_limit: int) -> None:
+        self.cfg = cfg
+        self.cluster_manager = cm
+        self.stats = TcpProxyStats(stats, cfg.stat_prefix)
+        self.loop = loop
+        self.buffer_limit = buffer_limit
+        self.weights = tuple(ClusterWeight(w.name, w.weight) for w in cfg.weighted_clusters)
+
+
+class _Upstream(asyncio.Protocol):
+    __slots__ = ("down", "transport")
+
+    def __init__(self, down: TcpProxyConnection) -> None:
+        self.down = down
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
+        lim = self.down.rt.buffer_limit
+        transport.set_write_buffer_limits(high=lim, low=lim // 2)
+
+    def data_received(self, data: bytes) -> None:
+        self.down.from_upstream(data)
+
+    def eof_received(self) -> bool:
+        self.down.upstream_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.down.upstream_lost()
+
+    def pause_writing(self) -> None:
+        self.down.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.down.resume_reading()
+
+
+class TcpProxyConnection(asyncio.Protocol):
+    __slots__ = (
+        "buffer",
+        "closed",
+        "down_eof",
+        "draining",
+        "host",
+        "idle_timer",
+        "last",
+        "owner",
+        "rt",
+        "transport",
+        "up",
+        "up_eof",
+        "up_paused",
+    )
+
+    def __init__(self, rt: TcpProxyRuntime, owner: object = None) -> None:
+        self.rt = rt
+        self.owner = owner
+        self.transport: asyncio.Transport | None = None
+        self.up: _Upstream | None = None
+        self.buffer: list[bytes] | None = []
+        self.down_eof = False
+        self.up_eof = False
+        self.closed = False
+        self.host: Host | None = None
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.last = 0.0
+        self.up_paused = False
+        self.draining = False
+
+    # -- downstream ------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
+        rt = self.rt
+        transport.set_write_buffer_limits(high=rt.buffer_limit, low=rt.buffer_limit // 2)
+        rt.stats.downstream_cx_total.inc()
+        if self.owner is not None:
+            self.owner.add(self)  # type: ignore[attr-defined]
+        cfg = rt.cfg
+        name = weighted.pick(rt.weights, 0, random.getrandbits(32)).name if rt.weights else cfg.cluster
+        cluster = rt.cluster_manager.get(name)
+        host = cluster.pick() if cluster is not None else None
+        if cluster is None or host is None:
+            rt.stats.downstream_cx_no_route.inc()
+            if cluster is not None:
+                cluster.stats.upstream_cx_none_healthy.inc()
+            transport.close()
+            return
+        self.host = host
+        # Read nothing more than one buffer's worth until the upstream is connected.
+        rt.loop.create_task(self._connect(host))
+        if cfg.idle_timeout > 0:
+            self.last = rt.loop.time()
+            self.idle_timer = rt.loop.call_later(cfg.idle_timeout, self._check_idle)
+
+    async def _connect(self, host: Host) -> None:
+        rt = self.rt
+        cluster = host.cluster
+        cluster.stats.upstream_cx_total.inc()
+        addr = host.address
+        up = _Upstream(self)
+        timeout = cluster.config.connect_timeout or None
+        try:
+            if addr.pipe:
+                coro = rt.loop.create_unix_connection(lambda: up, addr.pipe)
+            else:
+                coro = rt.loop.create_connection(lambda: up, addr.host, addr.port)
+            await asyncio.wait_for(coro, timeout)
+        except (OSError, asyncio.TimeoutError):
+            cluster.stats.upstream_cx_connect_fail.inc()
+            host.cx_connect_fail.inc()
+            self.close()
+            return
+        if self.closed:
+            assert up.transport is not None
+            up.transport.close()
+            return
+        cluster.stats.upstream_cx_active.inc()
+        host.cx_active.inc()
+        self.up = up
+        buf = self.buffer
+        self.buffer = None
+        assert up.transport is not None
+        if buf:
+            up.transport.write(b"".join(buf))
+        if self.down_eof and up.transport.can_write_eof():
+            up.transport.write_eof()
+        self.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.rt.stats.downstream_cx_rx_bytes_total.inc(len(data))
+        self.last = self.rt.loop.time()
+        up = self.up
+        if up is not None and up.transport is not None:
+            up.transport.write(data)
+            return
+        buf = self.buffer
+        if buf is not None:
+            buf.append(data)
+            if sum(len(b) for b in buf) > self.rt.buffer_limit:
+                self.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.down_eof = True
+        up = self.up
+        if up is not None and up.transport is not None and up.transport.can_write_eof():
+            up.transport.write_eof()
+        if self.up_eof:
+            self.close()
+            return False
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        if self.owner is not None:
+            self.owner.discard(self)  # type: ignore[attr-defined]
+        up = self.up
+        if up is not None and up.transport is not None and not up.transport.is_closing():
+            # Envoy flushes what it already read from the downstream before closing upstream.
+            up.transport.close()
+
+    def pause_writing(self) -> None:
+        up = self.up
+        if up is not None and up.transport is not None and not self.up_paused:
+            self.up_paused = True
+            up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        up = self.up
+        if up is not None and up.transport is not None and self.up_paused:
+            self.up_paused = False
+            up.transport.resume_reading()
+
+    # -- from the upstream ------------------------------------------------------------------------
+    def from_upstream(self, data: bytes) -> None:
+        self.rt.stats.downstream_cx_tx_bytes_total.inc(len(data))
+        self.last = self.rt.loop.time()
+        t = self.transport
+        if t is not None and not self.closed:
+            t.write(data)
+
+    def upstream_eof(self) -> None:
+        self.up_eof = True
+        t = self.transport
+        if t is not None and not self.closed and t.can_write_eof():
+            t.write_eof()
+        if self.down_eof:
+            self.close()
+
+    def upstream_lost(self) -> None:
+        host = self.host
+        if host is not None and self.up is not None:
+            host.cluster.stats.upstream_cx_active.dec()
+            host.cx_active.dec()
+            host.cluster.stats.upstream_cx_destroy.inc()
+        self.up = None
+        self.close()
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.close()
+
+    def drain(self) -> None:
+        # Envoy's tcp_proxy does not cut established connections on drain; they end on their own or
+        # when the process exits after --drain-time-s.
+        return
+
+    def _check_idle(self) -> None:
+        self.idle_timer = None
+        if self.closed:
+            return
+        rt = self.rt
+        timeout = rt.cfg.idle_timeout
+        left = self.last + timeout - rt.loop.time()
+        if left > 0:
+            self.idle_timer = rt.loop.call_later(left, self._check_idle)
+            return
+        rt.stats.idle_timeout.inc()
+        self.close()
+        up = self.up
+        if up is not None and up.transport is not None:
+            up.transport.close()

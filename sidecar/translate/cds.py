@@ -1,0 +1,260 @@
+"""config.cluster.v3.Cluster -> model.cluster.Cluster: STATIC, STRICT_DNS and LOGICAL_DNS clusters.
+
+Every set field is either translated, ignored with a log line (no effect a user could observe here:
+stats names, keepalive tuning ...) or refused with a ConfigError naming its path.  Defaults are
+Envoy's (cluster.proto): connect_timeout 5 s, dns_refresh_rate 5 s, 1 MiB buffers, upstream
+idle_timeout 1 h.  Protocol options come from typed_extension_protocol_options' HttpProtocolOptions
+or, when that is absent, from the deprecated Cluster fields, as Envoy's ClusterInfoImpl does."""
+
+from __future__ import annotations
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import address_pb2, protocol_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+
+from sidecar.model.cluster import Cluster, DiscoveryType, DnsLookupFamily, LbPolicy
+from sidecar.model.endpoint import Endpoint, SocketAddress
+from sidecar.translate.common import config_hash, enum_name, log_ignored, socket_address, unpack
+from sidecar.translate.errors import ConfigError
+from sidecar.translate.fields import check_fields, opt_duration, opt_uint
+
+# The names Envoy registers HttpProtocolOptions under (the current one and the pre-1.17 one).
+HTTP_PROTOCOL_OPTIONS = (
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "envoy.upstreams.http.http_protocol_options",
+)
+_HPO = http_protocol_options_pb2.HttpProtocolOptions
+_SUPPORTED_TYPES = {"STATIC", "STRICT_DNS", "LOGICAL_DNS"}
+_SUPPORTED_LB = {"ROUND_ROBIN", "RANDOM"}
+
+_HANDLED = (
+    "name",
+    "type",
+    "connect_timeout",
+    "per_connection_buffer_limit_bytes",
+    "lb_policy",
+    "load_assignment",
+    "max_requests_per_connection",
+    "common_http_protocol_options",
+    "http_protocol_options",
+    "http2_protocol_options",
+    "upstream_http_protocol_options",
+    "protocol_selection",
+    "typed_extension_protocol_options",
+    "dns_refresh_rate",
+    "respect_dns_ttl",
+    "dns_lookup_family",
+    "common_lb_config",
+)
+# Stats naming, metadata for features we do not have, socket tuning, warming/cleanup knobs.
+_IGNORED = (
+    "alt_stat_name",
+    "metadata",
+    "upstream_connection_options",
+    "wait_for_warm_on_init",
+    "close_connections_on_host_health_failure",
+    "ignore_health_on_host_removal",
+    "track_timeout_budgets",
+    "track_cluster_stats",
+    "lrs_report_endpoint_metrics",
+    "preconnect_policy",
+    "dns_failure_refresh_rate",
+    "dns_jitter",
+    "use_tcp_for_dns_lookups",
+)
+
+
+def translate_cluster(pb: cluster_pb2.Cluster, path: str) -> Cluster:
+    check_fields(pb, path, _HANDLED, _IGNORED)
+    if not pb.name:
+        raise ConfigError(f"{path}.name", "value length must be at least 1 characters")
+    kind = enum_name(pb, "type", path)
+    if kind not in _SUPPORTED_TYPES:
+        raise ConfigError(f"{path}.type", f"{kind} clusters are not supported by sidecar yet")
+    lb = enum_name(pb, "lb_policy", path)
+    if lb not in _SUPPORTED_LB:
+        raise ConfigError(
+            f"{path}.lb_policy", f"{lb} is not supported by sidecar yet (ROUND_ROBIN and RANDOM are)"
+        )
+    if pb.HasField("common_lb_config"):
+        check_fields(pb.common_lb_config, f"{path}.common_lb_config", handled=())
+    connect_timeout = opt_duration(pb, "connect_timeout", 5.0)
+    if connect_timeout <= 0:
+        raise ConfigError(f"{path}.connect_timeout", "value must be greater than 0s")
+    dns_refresh_rate = opt_duration(pb, "dns_refresh_rate", 5.0)
+    if dns_refresh_rate <= 0.001:
+        raise ConfigError(f"{path}.dns_refresh_rate", "value must be greater than 1ms")
+    idle_timeout, max_requests = _protocol_options(pb, path)
+    return Cluster(
+        name=pb.name,
+        type=DiscoveryType[kind],
+        connect_timeout=connect_timeout,
+        lb_policy=LbPolicy[lb],
+        endpoints=_endpoints(pb, kind, path),
+        dns_refresh_rate=dns_refresh_rate,
+        dns_lookup_family=DnsLookupFamily[enum_name(pb, "dns_lookup_family", path)],
+        respect_dns_ttl=pb.respect_dns_ttl,
+        max_requests_per_connection=max_requests,
+        idle_timeout=idle_timeout,
+        per_connection_buffer_limit_bytes=opt_uint(pb, "per_connection_buffer_limit_bytes", 1024 * 1024),
+        config_hash=config_hash(pb),
+    )
+
+
+def _endpoints(pb: cluster_pb2.Cluster, kind: str, path: str) -> tuple[Endpoint, ...]:
+    la = pb.load_assignment
+    lp = f"{path}.load_assignment"
+    # cluster_name may differ from the cluster's name: Envoy only uses it for EDS.
+    check_fields(la, lp, handled=("cluster_name", "endpoints", "policy"))
+    if la.HasField("policy"):
+        check_fields(
+            la.policy,
+            f"{lp}.policy",
+            handled=(),
+            ignored=("overprovisioning_factor", "weighted_priority_health"),
+        )
+    if kind == "LOGICAL_DNS" and (len(la.endpoints) != 1 or len(la.endpoints[0].lb_endpoints) != 1):
+        raise ConfigError(
+            lp, "LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single lb_endpoint"
+        )
+    out: list[Endpoint] = []
+    for i, locality in enumerate(la.endpoints):
+        out.extend(_locality(locality, kind, f"{lp}.endpoints[{i}]"))
+    return tuple(out)
+
+
+def _locality(loc: endpoint_components_pb2.LocalityLbEndpoints, kind: str, path: str) -> list[Endpoint]:
+    # Locality weights only act with locality-weighted LB (common_lb_config, refused above).
+    check_fields(
+        loc,
+        path,
+        handled=("lb_endpoints", "priority"),
+        ignored=("locality", "metadata", "load_balancing_weight", "proximity"),
+    )
+    if loc.priority > 128:
+        raise ConfigError(f"{path}.priority", "value must be less than or equal to 128")
+    out = []
+    for j, lbe in enumerate(loc.lb_endpoints):
+        ep_path = f"{path}.lb_endpoints[{j}]"
+        # Metadata feeds subset LB and transport_socket_matches, neither of which exists here yet.
+        check_fields(
+            lbe,
+            ep_path,
+            handled=("endpoint", "health_status", "load_balancing_weight"),
+            ignored=("metadata",),
+        )
+        weight = opt_uint(lbe, "load_balancing_weight", 1)
+        if weight < 1:
+            raise ConfigError(f"{ep_path}.load_balancing_weight", "value must be greater than or equal to 1")
+        ep = lbe.endpoint
+        # No active health checking here, so an endpoint's health_check_config has nothing to act on.
+        check_fields(
+            ep, f"{ep_path}.endpoint", handled=("address", "hostname"), ignored=("health_check_config",)
+        )
+        address = _endpoint_address(ep.address, kind, f"{ep_path}.endpoint.address")
+        out.append(
+            Endpoint(
+                address=address,
+                weight=weight,
+                health_status=enum_name(lbe, "health_status", ep_path),
+                hostname=ep.hostname,
+                priority=loc.priority,
+            )
+        )
+    return out
+
+
+def _endpoint_address(addr: address_pb2.Address, kind: str, path: str) -> SocketAddress:
+    if kind == "STATIC":
+        try:
+            return socket_address(addr, path, resolve=False)
+        except ConfigError as e:
+            if e.reason.startswith("malformed IP address"):
+                # Envoy's wording (static_cluster.cc via Network::Utility::parseInternetAddress).
+                raise ConfigError(
+                    e.path,
+                    f"{e.reason}. Consider setting resolver_name or setting cluster type to "
+                    "'STRICT_DNS' or 'LOGICAL_DNS'",
+                ) from None
+            raise
+    if addr.WhichOneof("address") != "socket_address":
+        raise ConfigError(path, f"{kind} clusters need a socket_address (a hostname and a port)")
+    return socket_address(addr, path, resolve=True)
+
+
+def _protocol_options(pb: cluster_pb2.Cluster, path: str) -> tuple[float, int]:
+    """(idle_timeout, max_requests_per_connection) from HttpProtocolOptions or deprecated fields."""
+    typed = None
+    for key in pb.typed_extension_protocol_options:
+        kp = f"{path}.typed_extension_protocol_options[{key}]"
+        if key not in HTTP_PROTOCOL_OPTIONS:
+            raise ConfigError(
+                kp,
+                "Didn't find a registered network or http filter or protocol options implementation "
+                f"for name: '{key}'",
+            )
+        typed = (unpack(pb.typed_extension_protocol_options[key], _HPO, kp), kp)
+    deprecated_mrpc = opt_uint(pb, "max_requests_per_connection", 0)
+    if typed is not None:
+        opts, kp = typed
+        _check_http_protocol_options(opts, kp)
+        idle, mrpc = _common(opts, kp)
+        if deprecated_mrpc and opts.common_http_protocol_options.HasField("max_requests_per_connection"):
+            raise ConfigError(
+                path,
+                "Only one of max_requests_per_connection from Cluster or HttpProtocolOptions can be specified",
+            )
+        # With typed options present Envoy ignores the deprecated protocol fields.
+        for name in ("common_http_protocol_options", "http_protocol_options", "http2_protocol_options"):
+            if pb.HasField(name):
+                log_ignored(f"{path}.{name}", "typed_extension_protocol_options take precedence")
+        return idle, mrpc or deprecated_mrpc
+    if pb.HasField("http2_protocol_options"):
+        raise ConfigError(
+            f"{path}.http2_protocol_options", "HTTP/2 upstreams are not supported by sidecar yet"
+        )
+    if pb.HasField("upstream_http_protocol_options"):
+        raise ConfigError(f"{path}.upstream_http_protocol_options", "field is not supported by sidecar yet")
+    if enum_name(pb, "protocol_selection", path) != "USE_CONFIGURED_PROTOCOL":
+        raise ConfigError(
+            f"{path}.protocol_selection", "USE_DOWNSTREAM_PROTOCOL is not supported by sidecar yet"
+        )
+    if pb.HasField("http_protocol_options"):
+        _http1(pb.http_protocol_options, f"{path}.http_protocol_options")
+    idle, mrpc = _common(pb, path)
+    return idle, mrpc or deprecated_mrpc
+
+
+def _check_http_protocol_options(opts: http_protocol_options_pb2.HttpProtocolOptions, path: str) -> None:
+    """Only explicit HTTP/1.1 is implemented upstream (explicit_http_config.http_protocol_options)."""
+    check_fields(opts, path, handled=("common_http_protocol_options", "explicit_http_config"))
+    which = opts.WhichOneof("upstream_protocol_options")
+    if which is None:
+        raise ConfigError(path, 'field: "upstream_protocol_options", reason: is required')
+    explicit = opts.explicit_http_config
+    ep = f"{path}.explicit_http_config"
+    kind = explicit.WhichOneof("protocol_config")
+    if kind is None:
+        raise ConfigError(ep, 'field: "protocol_config", reason: is required')
+    if kind != "http_protocol_options":
+        version = "HTTP/2" if kind == "http2_protocol_options" else "HTTP/3"
+        raise ConfigError(f"{ep}.{kind}", f"{version} upstreams are not supported by sidecar yet")
+    _http1(explicit.http_protocol_options, f"{ep}.http_protocol_options")
+
+
+def _http1(opts: protocol_pb2.Http1ProtocolOptions, path: str) -> None:
+    # Every Http1ProtocolOptions knob changes the bytes we send or accept: none is implemented yet.
+    check_fields(opts, path, handled=())
+
+
+def _common(
+    holder: cluster_pb2.Cluster | http_protocol_options_pb2.HttpProtocolOptions, path: str
+) -> tuple[float, int]:
+    """common_http_protocol_options of a Cluster or of an HttpProtocolOptions."""
+    if not holder.HasField("common_http_protocol_options"):
+        return 3600.0, 0
+    c = holder.common_http_protocol_options
+    cp = f"{path}.common_http_protocol_options"
+    check_fields(c, cp, handled=("idle_timeout", "max_requests_per_connection"))
+    return opt_duration(c, "idle_timeout", 3600.0), opt_uint(c, "max_requests_per_connection", 0)

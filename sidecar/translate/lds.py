@@ -1,0 +1,408 @@
+"""config.listener.v3.Listener -> model.listener.Listener, with its two terminal network filters:
+envoy.filters.network.tcp_proxy and envoy.filters.network.http_connection_manager.
+
+For now a listener has one filter chain with no filter_chain_match (or only a default_filter_chain);
+chain matching, listener filters, TLS and RDS are refused by path until they exist.  Network and HTTP
+filters are found by their typed_config type URL, as Envoy finds them (the `name` is only a label).
+Defaults are Envoy's: see the field comments in model/listener.py.  The inline route_config is
+translated by translate/rds.py; this module checks its cluster references (validate_clusters) when
+the caller knows the cluster set, as Envoy does for inline route tables."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Collection
+
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+from sidecar.model.listener import (
+    FilterChain,
+    HeadersWithUnderscoresAction,
+    HttpConnectionManager,
+    HttpFilterConfig,
+    Listener,
+    NetworkFilter,
+    ServerHeaderTransformation,
+    TcpProxy,
+    WeightedCluster,
+)
+from sidecar.translate.common import (
+    bool_value,
+    config_hash,
+    enum_name,
+    log_ignored,
+    socket_address,
+    type_name,
+    typed_config,
+)
+from sidecar.translate.errors import ConfigError
+from sidecar.translate.fields import check_fields, opt_duration, opt_uint
+
+ROUTER = router_pb2.Router.DESCRIPTOR.full_name
+
+_LISTENER_HANDLED = (
+    "name",
+    "address",
+    "stat_prefix",
+    "filter_chains",
+    "default_filter_chain",
+    "use_original_dst",
+    "per_connection_buffer_limit_bytes",
+    "bind_to_port",
+    "tcp_backlog_size",
+)
+# Socket and scheduling tuning, drain hints and metadata: no behaviour a client could observe here.
+_LISTENER_IGNORED = (
+    "metadata",
+    "drain_type",
+    "traffic_direction",
+    "enable_reuse_port",
+    "reuse_port",
+    "connection_balance_config",
+    "tcp_fast_open_queue_length",
+    "max_connections_to_accept_per_socket_event",
+    "ignore_global_conn_limit",
+    "bypass_overload_manager",
+    "listener_filters_timeout",
+    "continue_on_listener_filters_timeout",
+)
+
+
+def translate_listener(
+    pb: listener_pb2.Listener, path: str, clusters: Collection[str] | None = None
+) -> Listener:
+    """Translate one listener.  With `clusters`, inline route tables must name only those clusters
+    (RouteConfiguration.validate_clusters, true by default for inline tables)."""
+    if pb.listener_filters:
+        raise ConfigError(f"{path}.listener_filters", "listener filters are not supported by sidecar yet")
+    check_fields(pb, path, _LISTENER_HANDLED, _LISTENER_IGNORED)
+    # Envoy names a nameless listener with a random UUID; ours derives from the config so that the
+    # same listener keeps its name (and is not drained) when the same config is loaded again.
+    name = pb.name or str(
+        uuid.UUID(
+            bytes=hashlib.blake2b(pb.SerializeToString(deterministic=True), digest_size=16).digest(),
+            version=4,
+        )
+    )
+    if not pb.HasField("address"):
+        raise ConfigError(f"{path}.address", f"error adding listener named '{name}': address is necessary")
+    address = socket_address(pb.address, f"{path}.address", resolve=False)
+    if len(pb.filter_chains) > 1:
+        raise ConfigError(f"{path}.filter_chains", "filter chain matching is not supported by sidecar yet")
+    if not pb.filter_chains and not pb.HasField("default_filter_chain"):
+        raise ConfigError(
+            f"{path}.filter_chains", f"error adding listener '{address}': no filter chains specified"
+        )
+    chains = tuple(
+        _filter_chain(fc, f"{path}.filter_chains[{i}]", clusters) for i, fc in enumerate(pb.filter_chains)
+    )
+    default = None
+    if pb.HasField("default_filter_chain"):
+        default = _filter_chain(pb.default_filter_chain, f"{path}.default_filter_chain", clusters)
+    return Listener(
+        name=name,
+        address=address,
+        filter_chains=chains,
+        default_filter_chain=default,
+        per_connection_buffer_limit_bytes=opt_uint(pb, "per_connection_buffer_limit_bytes", 1024 * 1024),
+        bind_to_port=bool_value(pb, "bind_to_port", True),
+        use_original_dst=bool_value(pb, "use_original_dst", False),
+        backlog=opt_uint(pb, "tcp_backlog_size", 1024),
+        config_hash=config_hash(pb),
+        stat_prefix=pb.stat_prefix,
+    )
+
+
+def _filter_chain(
+    fc: listener_components_pb2.FilterChain, path: str, clusters: Collection[str] | None
+) -> FilterChain:
+    check_fields(
+        fc,
+        path,
+        handled=("filters", "name", "filter_chain_match"),
+        ignored=("metadata", "transport_socket_connect_timeout"),
+    )
+    # An empty filter_chain_match matches every connection: the same as none.
+    if fc.HasField("filter_chain_match") and fc.filter_chain_match.ListFields():
+        raise ConfigError(
+            f"{path}.filter_chain_match", "filter chain matching is not supported by sidecar yet"
+        )
+    filters: list[NetworkFilter] = []
+    last = len(fc.filters) - 1
+    for i, f in enumerate(fc.filters):
+        fp = f"{path}.filters[{i}]"
+        filters.append(_network_filter(f, fp, clusters))
+        # Both filters we implement are terminal (Envoy: Config::Utility::validateTerminalFilters).
+        if i != last:
+            raise ConfigError(
+                fp,
+                f"Error: terminal filter named {f.name} of type {type_name(f.typed_config.type_url)} "
+                "must be the last filter in a network filter chain.",
+            )
+    # An empty list is valid in Envoy: such a chain closes every connection it gets.
+    return FilterChain(name=fc.name, filters=tuple(filters))
+
+
+def _network_filter(
+    f: listener_components_pb2.Filter, path: str, clusters: Collection[str] | None
+) -> NetworkFilter:
+    check_fields(f, path, handled=("name", "typed_config"))
+    if not f.name:
+        raise ConfigError(f"{path}.name", "value length must be at least 1 characters")
+    if not f.HasField("typed_config"):
+        raise ConfigError(
+            f"{path}.typed_config",
+            f"Didn't find a registered implementation for '{f.name}' with type URL: ''",
+        )
+    tp = f"{path}.typed_config"
+    msg = typed_config(f.typed_config, tp)  # a TypedStruct wrapper is opened, as Envoy does
+    kind = msg.DESCRIPTOR.full_name
+    if isinstance(msg, tcp_proxy_pb2.TcpProxy):
+        return _tcp_proxy(msg, tp)
+    if isinstance(msg, hcm_pb2.HttpConnectionManager):
+        return _hcm(msg, tp, clusters)
+    raise ConfigError(tp, f"network filter '{f.name}' of type '{kind}' is not supported by sidecar yet")
+
+
+def _tcp_proxy(pb: tcp_proxy_pb2.TcpProxy, path: str) -> TcpProxy:
+    check_fields(
+        pb,
+        path,
+        handled=("stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts"),
+    )
+    if not pb.stat_prefix:
+        raise ConfigError(f"{path}.stat_prefix", "value length must be at least 1 characters")
+    which = pb.WhichOneof("cluster_specifier")
+    if which is None:
+        raise ConfigError(path, 'field: "cluster_specifier", reason: is required')
+    weighted: list[WeightedCluster] = []
+    if which == "weighted_clusters":
+        wp = f"{path}.weighted_clusters"
+        check_fields(pb.weighted_clusters, wp, handled=("clusters",))
+        if not pb.weighted_clusters.clusters:
+            raise ConfigError(f"{wp}.clusters", "value must contain at least 1 item(s)")
+        for i, cw in enumerate(pb.weighted_clusters.clusters):
+            cp = f"{wp}.clusters[{i}]"
+            check_fields(cw, cp, handled=("name", "weight"))
+            if not cw.name:
+                raise ConfigError(f"{cp}.name", "value length must be at least 1 characters")
+            if cw.weight < 1:
+                raise ConfigError(f"{cp}.weight", "value must be greater than or equal to 1")
+            weighted.append(WeightedCluster(name=cw.name, weight=cw.weight))
+    elif not pb.cluster:
+        raise ConfigError(f"{path}.cluster", "value length must be at least 1 characters")
+    attempts = opt_uint(pb, "max_connect_attempts", 1)
+    if attempts < 1:
+        raise ConfigError(f"{path}.max_connect_attempts", "value must be greater than or equal to 1")
+    # A cluster that does not exist is accepted: the connection is closed at runtime (Envoy).
+    return TcpProxy(
+        stat_prefix=pb.stat_prefix,
+        cluster=pb.cluster,
+        weighted_clusters=tuple(weighted),
+        idle_timeout=opt_duration(pb, "idle_timeout", 3600.0),
+        max_connect_attempts=attempts,
+    )
+
+
+_HCM_HANDLED = (
+    "codec_type",
+    "stat_prefix",
+    "rds",
+    "route_config",
+    "http_filters",
+    "common_http_protocol_options",
+    "http_protocol_options",
+    "server_name",
+    "server_header_transformation",
+    "max_request_headers_kb",
+    "stream_idle_timeout",
+    "request_timeout",
+    "request_headers_timeout",
+    "drain_timeout",
+    "delayed_close_timeout",
+    "use_remote_address",
+    "xff_num_trusted_hops",
+    "skip_xff_append",
+    "via",
+    "generate_request_id",
+    "preserve_external_request_id",
+    "always_set_request_id_in_response",
+    "normalize_path",
+    "merge_slashes",
+    "path_with_escaped_slashes_action",
+)
+
+
+def _hcm(
+    pb: hcm_pb2.HttpConnectionManager, path: str, clusters: Collection[str] | None
+) -> HttpConnectionManager:
+    check_fields(pb, path, _HCM_HANDLED)
+    if not pb.stat_prefix:
+        raise ConfigError(f"{path}.stat_prefix", "value length must be at least 1 characters")
+    codec = enum_name(pb, "codec_type", path)
+    if codec not in ("AUTO", "HTTP1"):
+        raise ConfigError(
+            f"{path}.codec_type", f"{codec} is not supported by sidecar yet (AUTO and HTTP1 are)"
+        )
+    which = pb.WhichOneof("route_specifier")
+    if which == "rds":
+        raise ConfigError(f"{path}.rds", "RDS is not supported by sidecar yet")
+    if which is None:
+        raise ConfigError(path, 'field: "route_specifier", reason: is required')
+    escaped = enum_name(pb, "path_with_escaped_slashes_action", path)
+    if escaped not in ("IMPLEMENTATION_SPECIFIC_DEFAULT", "KEEP_UNCHANGED"):
+        raise ConfigError(
+            f"{path}.path_with_escaped_slashes_action", f"{escaped} is not supported by sidecar yet"
+        )
+    headers_kb = opt_uint(pb, "max_request_headers_kb", 60)
+    if not 0 < headers_kb <= 8192:
+        raise ConfigError(f"{path}.max_request_headers_kb", "value must be inside range (0, 8192]")
+    filters = _http_filters(pb, path)
+    from sidecar.translate.rds import translate_route_configuration  # rds.py imports routing: keep it lazy
+
+    route_config = translate_route_configuration(pb.route_config, f"{path}.route_config")
+    if clusters is not None and bool_value(pb.route_config, "validate_clusters", True):
+        _check_route_clusters(pb.route_config, f"{path}.route_config", clusters)
+    common = pb.common_http_protocol_options
+    cp = f"{path}.common_http_protocol_options"
+    check_fields(
+        common,
+        cp,
+        handled=(
+            "idle_timeout",
+            "max_headers_count",
+            "headers_with_underscores_action",
+            "max_stream_duration",
+        ),
+    )
+    max_headers = opt_uint(common, "max_headers_count", 100)
+    if max_headers < 1:
+        raise ConfigError(f"{cp}.max_headers_count", "value must be greater than or equal to 1")
+    h1 = pb.http_protocol_options
+    check_fields(
+        h1,
+        f"{path}.http_protocol_options",
+        handled=("accept_http_10", "default_host_for_http_10"),
+        ignored=("use_balsa_parser",),
+    )
+    return HttpConnectionManager(
+        stat_prefix=pb.stat_prefix,
+        route_config=route_config,
+        http_filters=filters,
+        server_name=pb.server_name or "envoy",
+        server_header_transformation=ServerHeaderTransformation[
+            enum_name(pb, "server_header_transformation", path)
+        ],
+        generate_request_id=bool_value(pb, "generate_request_id", True),
+        preserve_external_request_id=pb.preserve_external_request_id,
+        always_set_request_id_in_response=pb.always_set_request_id_in_response,
+        use_remote_address=bool_value(pb, "use_remote_address", False),
+        xff_num_trusted_hops=pb.xff_num_trusted_hops,
+        skip_xff_append=pb.skip_xff_append,
+        via=pb.via,
+        max_request_headers_kb=headers_kb,
+        max_headers_count=max_headers,
+        headers_with_underscores_action=HeadersWithUnderscoresAction[
+            enum_name(common, "headers_with_underscores_action", cp)
+        ],
+        idle_timeout=opt_duration(common, "idle_timeout", 3600.0),
+        stream_idle_timeout=opt_duration(pb, "stream_idle_timeout", 300.0),
+        request_timeout=opt_duration(pb, "request_timeout", 0.0),
+        request_headers_timeout=opt_duration(pb, "request_headers_timeout", 0.0),
+        max_stream_duration=opt_duration(common, "max_stream_duration", 0.0),
+        drain_timeout=opt_duration(pb, "drain_timeout", 5.0),
+        delayed_close_timeout=opt_duration(pb, "delayed_close_timeout", 1.0),
+        accept_http_10=h1.accept_http_10,
+        default_host_for_http_10=h1.default_host_for_http_10,
+        normalize_path=bool_value(pb, "normalize_path", False),
+        merge_slashes=pb.merge_slashes,
+        codec_type=codec,
+    )
+
+
+# Router fields with no effect here (stats and tracing details); the rest change behaviour.
+_ROUTER_IGNORED = ("dynamic_stats", "start_child_span", "suppress_grpc_request_failure_code_stats")
+
+
+def _http_filters(pb: hcm_pb2.HttpConnectionManager, path: str) -> tuple[HttpFilterConfig, ...]:
+    if not pb.http_filters:
+        # Envoy accepts this and leaves every request unanswered until stream_idle_timeout.
+        raise ConfigError(
+            f"{path}.http_filters",
+            "no http filters: the router filter (envoy.filters.http.router) must be last",
+        )
+    out = []
+    last = len(pb.http_filters) - 1
+    for i, f in enumerate(pb.http_filters):
+        fp = f"{path}.http_filters[{i}]"
+        check_fields(f, fp, handled=("name", "typed_config", "is_optional", "disabled"))
+        if not f.name:
+            raise ConfigError(f"{fp}.name", "value length must be at least 1 characters")
+        if not f.HasField("typed_config"):
+            raise ConfigError(
+                f"{fp}.typed_config",
+                f"Didn't find a registered implementation for '{f.name}' with type URL: ''",
+            )
+        try:
+            msg = typed_config(f.typed_config, f"{fp}.typed_config")
+        except ConfigError:
+            if not f.is_optional:
+                raise
+            msg = None
+        if not isinstance(msg, router_pb2.Router):
+            kind = msg.DESCRIPTOR.full_name if msg is not None else type_name(f.typed_config.type_url)
+            if f.is_optional:  # HttpFilter.is_optional: a client without the filter may skip it
+                log_ignored(fp, f"optional http filter of unsupported type '{kind}'")
+                continue
+            raise ConfigError(
+                f"{fp}.typed_config",
+                f"http filter '{f.name}' of type '{kind}' is not supported by sidecar yet",
+            )
+        check_fields(msg, f"{fp}.typed_config", handled=(), ignored=_ROUTER_IGNORED)
+        if i != last:
+            raise ConfigError(
+                fp,
+                f"Error: terminal filter named {f.name} of type envoy.filters.http.router "
+                "must be the last filter in a http filter chain.",
+            )
+        if f.disabled:
+            raise ConfigError(
+                f"{fp}.disabled",
+                f"Error: the last (terminal) filter ({f.name}) in the chain cannot be disabled by default.",
+            )
+        out.append(HttpFilterConfig(name=f.name, type_url=f"type.googleapis.com/{ROUTER}", config=msg))
+    if not out or not isinstance(out[-1].config, router_pb2.Router):
+        raise ConfigError(
+            f"{path}.http_filters", "the router filter (envoy.filters.http.router) must be last"
+        )
+    return tuple(out)
+
+
+def _check_route_clusters(rc: route_pb2.RouteConfiguration, path: str, clusters: Collection[str]) -> None:
+    """Envoy's RouteConfiguration.validate_clusters: every named cluster must exist."""
+    for i, vh in enumerate(rc.virtual_hosts):
+        for j, route in enumerate(vh.routes):
+            if route.WhichOneof("action") != "route":
+                continue
+            ra = route.route
+            rp = f"{path}.virtual_hosts[{i}].routes[{j}].route"
+            if ra.WhichOneof("cluster_specifier") == "cluster" and ra.cluster not in clusters:
+                raise ConfigError(f"{rp}.cluster", f"route: unknown cluster '{ra.cluster}'")
+            if ra.WhichOneof("cluster_specifier") == "weighted_clusters":
+                for k, cw in enumerate(ra.weighted_clusters.clusters):
+                    if cw.name and cw.name not in clusters:
+                        raise ConfigError(
+                            f"{rp}.weighted_clusters.clusters[{k}].name",
+                            f"route: unknown weighted cluster '{cw.name}'",
+                        )
+            for k, mirror in enumerate(ra.request_mirror_policies):
+                if mirror.cluster and mirror.cluster not in clusters:
+                    raise ConfigError(
+                        f"{rp}.request_mirror_policies[{k}].cluster",
+                        f"route: unknown shadow cluster '{mirror.cluster}'",
+                    )

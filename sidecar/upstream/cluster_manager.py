@@ -1,0 +1,284 @@
+"""Live upstream state, per worker: for each cluster its hosts, load balancer, pools and stats.
+
+Config (model.cluster.Cluster) is immutable and swapped by reference; the state here is kept across
+config versions while a cluster's `config_hash` is unchanged (ARCHITECTURE.md section 2), so pools
+and counters survive an update that does not touch them.  DNS clusters are resolved here, off the
+request path, on a timer (dns_refresh_rate)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+from collections.abc import Iterable, Mapping
+
+from sidecar.model.cluster import Cluster, DiscoveryType, DnsLookupFamily, LbPolicy
+from sidecar.model.endpoint import Endpoint, SocketAddress
+from sidecar.observe.stats import Stats
+from sidecar.upstream.lb.random import WeightedRandom
+from sidecar.upstream.lb.round_robin import RoundRobin
+from sidecar.upstream.pools.http1 import Http1Pool
+
+log = logging.getLogger("sidecar.upstream")
+
+# Response codes that get their own upstream_rq_<code> counter.  Envoy makes these on demand; ours
+# are made at config time so every worker process agrees on their slots (observe/stats.py).
+TRACKED_CODES = (200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 408, 413, 429, 431, 500, 502, 503, 504)
+
+
+class LocalCounter:
+    """A per-worker number (per-host stats shown by /clusters)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, n: int = 1) -> None:
+        self.value += n
+
+    def dec(self, n: int = 1) -> None:
+        self.value -= n
+
+
+class ClusterStats:
+    __slots__ = (
+        "by_class",
+        "by_code",
+        "membership_healthy",
+        "membership_total",
+        "upstream_cx_active",
+        "upstream_cx_connect_fail",
+        "upstream_cx_destroy",
+        "upstream_cx_none_healthy",
+        "upstream_cx_total",
+        "upstream_rq_active",
+        "upstream_rq_completed",
+        "upstream_rq_timeout",
+        "upstream_rq_total",
+        "upstream_cx_rx_bytes_total",
+        "upstream_cx_tx_bytes_total",
+        "upstream_rq_per_try_timeout",
+        "upstream_rq_rx_reset",
+        "upstream_rq_tx_reset",
+        "upstream_cx_destroy_local_with_active_rq",
+        "upstream_cx_destroy_remote_with_active_rq",
+    )
+
+    def __init__(self, stats: Stats, name: str) -> None:
+        p = f"cluster.{name}."
+        for attr in self.__slots__:
+            if attr.startswith("upstream_") or attr.startswith("membership_"):
+                maker = stats.gauge if attr.endswith("_active") or attr.startswith("membership_") else stats.counter
+                setattr(self, attr, maker(p + attr))
+        self.by_class = tuple(stats.counter(f"{p}upstream_rq_{c}xx") for c in range(1, 6))
+        self.by_code = {code: stats.counter(f"{p}upstream_rq_{code}") for code in TRACKED_CODES}
+
+    def response(self, status: int) -> None:
+        self.upstream_rq_completed.inc()
+        c = self.by_code.get(status)
+        if c is not None:
+            c.inc()
+        k = status // 100
+        if 1 <= k <= 5:
+            self.by_class[k - 1].inc()
+
+
+class Host:
+    """One endpoint of one cluster in this worker."""
+
+    __slots__ = (
+        "address",
+        "cluster",
+        "cx_active",
+        "cx_connect_fail",
+        "endpoint",
+        "healthy",
+        "hostname",
+        "pool",
+        "rq_active",
+        "rq_error",
+        "rq_success",
+        "rq_timeout",
+        "rq_total",
+        "weight",
+    )
+
+    def __init__(self, cluster: ClusterState, endpoint: Endpoint, loop: asyncio.AbstractEventLoop) -> None:
+        self.cluster = cluster
+        self.endpoint = endpoint
+        self.address = endpoint.address
+        self.weight = endpoint.weight
+        self.hostname = endpoint.hostname
+        self.healthy = endpoint.healthy
+        for attr in ("cx_active", "cx_connect_fail", "rq_active", "rq_error", "rq_success", "rq_timeout", "rq_total"):
+            setattr(self, attr, LocalCounter())
+        self.pool = Http1Pool(self, loop)
+
+
+class ClusterState:
+    __slots__ = ("_lb", "_rand", "config", "healthy_hosts", "hosts", "loop", "name", "stats")
+
+    def __init__(self, config: Cluster, stats: Stats, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.name = config.name
+        self.loop = loop
+        self.stats = ClusterStats(stats, config.name)
+        self.hosts: tuple[Host, ...] = ()
+        self.healthy_hosts: tuple[Host, ...] = ()
+        self._lb: RoundRobin | WeightedRandom | None = None
+        self._rand = random.Random()
+        if config.type is DiscoveryType.STATIC:
+            self.set_endpoints(config.endpoints)
+
+    def set_endpoints(self, endpoints: Iterable[Endpoint]) -> None:
+        """Replace the host set, keeping the pools of hosts whose address is unchanged."""
+        old = {h.address: h for h in self.hosts}
+        hosts = []
+        for ep in endpoints:
+            h = old.pop(ep.address, None)
+            if h is None or h.endpoint != ep:
+                nh = Host(self, ep, self.loop)
+                if h is not None:
+                    nh.pool = h.pool
+                    nh.pool.host = nh
+                h = nh
+            hosts.append(h)
+        for gone in old.values():
+            gone.pool.close()
+        self.hosts = tuple(hosts)
+        self.healthy_hosts = tuple(h for h in hosts if h.healthy)
+        self.stats.membership_total.set(len(self.hosts))
+        self.stats.membership_healthy.set(len(self.healthy_hosts))
+        weights = tuple(h.weight for h in self.healthy_hosts)
+        if not weights:
+            self._lb = None
+        elif self.config.lb_policy is LbPolicy.RANDOM:
+            self._lb = WeightedRandom(weights)
+        else:
+            self._lb = RoundRobin(weights, start=self._rand.randrange(len(weights)))
+
+    def pick(self) -> Host | None:
+        """The host for the next request, or None when no host is healthy (503 `no healthy upstream`)."""
+        lb = self._lb
+        if lb is None:
+            return None
+        if type(lb) is RoundRobin:
+            return self.healthy_hosts[lb.pick()]
+        return self.healthy_hosts[lb.pick(self._rand.getrandbits(32))]  # type: ignore[call-arg]
+
+    def close(self) -> None:
+        for h in self.hosts:
+            h.pool.close()
+
+
+def _family(f: DnsLookupFamily) -> int:
+    if f is DnsLookupFamily.V4_ONLY:
+        return socket.AF_INET
+    if f is DnsLookupFamily.V6_ONLY:
+        return socket.AF_INET6
+    return socket.AF_UNSPEC
+
+
+class ClusterManager:
+    """All clusters of this worker.  `get(name)` is the router's one lookup per request."""
+
+    __slots__ = ("_dns_tasks", "clusters", "loop", "stats")
+
+    def __init__(self, stats: Stats, loop: asyncio.AbstractEventLoop) -> None:
+        self.stats = stats
+        self.loop = loop
+        self.clusters: dict[str, ClusterState] = {}
+        self._dns_tasks: dict[str, asyncio.Task[None]] = {}
+
+    def get(self, name: str) -> ClusterState | None:
+        return self.clusters.get(name)
+
+    def update(self, configs: Mapping[str, Cluster]) -> None:
+        """Apply a new cluster set: unchanged clusters keep their state, removed ones close."""
+        new: dict[str, ClusterState] = {}
+        for name, cfg in configs.items():
+            cur = self.clusters.get(name)
+            if cur is not None and cur.config.config_hash == cfg.config_hash and cur.config == cfg:
+                new[name] = cur
+                continue
+            state = ClusterState(cfg, self.stats, self.loop)
+            if cur is not None:
+                # Endpoints will be re-resolved; keep serving the old ones meanwhile.
+                if cfg.type is not DiscoveryType.STATIC:
+                    state.set_endpoints(h.endpoint for h in cur.hosts)
+            new[name] = state
+        for name, old in self.clusters.items():
+            if new.get(name) is not old:
+                if name not in new:
+                    old.close()
+                task = self._dns_tasks.pop(name, None)
+                if task is not None:
+                    task.cancel()
+        self.clusters = new
+
+    async def initialize(self) -> None:
+        """Resolve every DNS cluster once (Envoy's cluster warming), then keep refreshing."""
+        waits = []
+        for name, state in self.clusters.items():
+            if state.config.type in (DiscoveryType.STRICT_DNS, DiscoveryType.LOGICAL_DNS) and name not in self._dns_tasks:
+                first: asyncio.Future[None] = self.loop.create_future()
+                self._dns_tasks[name] = self.loop.create_task(self._dns_loop(state, first))
+                waits.append(first)
+        if waits:
+            await asyncio.wait(waits, timeout=10.0)
+
+    async def resolve(self, state: ClusterState) -> list[Endpoint]:
+        cfg = state.config
+        out: list[Endpoint] = []
+        for ep in cfg.endpoints:
+            addr = ep.address
+            try:
+                infos = await self.loop.getaddrinfo(
+                    addr.host, addr.port, family=_family(cfg.dns_lookup_family), type=socket.SOCK_STREAM
+                )
+            except OSError as exc:
+                log.warning("cluster %s: DNS resolution of %s failed: %s", cfg.name, addr.host, exc)
+                continue
+            v4: list[str] = []
+            v6: list[str] = []
+            for family, _, _, _, sockaddr in infos:
+                ip = str(sockaddr[0])
+                bucket = v6 if family == socket.AF_INET6 else v4
+                if ip not in bucket:
+                    bucket.append(ip)
+            fam = cfg.dns_lookup_family
+            # Envoy: AUTO prefers IPv6 and falls back to IPv4; V4_PREFERRED the reverse; ALL both.
+            if fam is DnsLookupFamily.ALL:
+                ips = v4 + v6
+            elif fam is DnsLookupFamily.V4_PREFERRED or fam is DnsLookupFamily.V4_ONLY:
+                ips = v4 or v6
+            else:
+                ips = v6 or v4
+            for ip in ips:
+                out.append(
+                    Endpoint(SocketAddress(ip, addr.port), ep.weight, ep.health_status, ep.hostname or addr.host, ep.priority)
+                )
+        if cfg.type is DiscoveryType.LOGICAL_DNS:
+            out = out[:1]
+        return out
+
+    async def _dns_loop(self, state: ClusterState, first: asyncio.Future[None]) -> None:
+        try:
+            while True:
+                eps = await self.resolve(state)
+                if eps or not state.hosts:
+                    state.set_endpoints(eps)
+                if not first.done():
+                    first.set_result(None)
+                await asyncio.sleep(max(0.1, state.config.dns_refresh_rate))
+        finally:
+            if not first.done():
+                first.set_result(None)
+
+    def close(self) -> None:
+        for t in self._dns_tasks.values():
+            t.cancel()
+        for s in self.clusters.values():
+            s.close()

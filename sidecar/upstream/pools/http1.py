@@ -1,0 +1,309 @@
+"""HTTP/1.1 upstream connections and the per-host pool that keeps them alive between requests.
+
+A connection serves one request at a time (no upstream pipelining, as Envoy).  Its parser events go
+to a handler (the router's upstream request, http/filters/router.py) through plain method calls.
+The pool owns idle connections, their idle timers (cluster `idle_timeout`) and
+`max_requests_per_connection`; it knows nothing of routes or retries."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from typing import TYPE_CHECKING, Protocol
+
+import httptools
+
+from sidecar.http import local_reply
+
+if TYPE_CHECKING:
+    from sidecar.upstream.cluster_manager import Host
+
+
+class Corkable(Protocol):
+    def cork(self) -> None: ...
+    def uncork(self) -> None: ...
+
+
+class UpstreamHandler(Protocol):
+    downstream: Corkable  # writes made while one upstream read is handled go out as one
+
+    def on_upstream_ready(self, conn: Http1UpstreamConnection) -> None: ...
+    def on_upstream_failure(self, reason: bytes) -> None: ...
+    def on_upstream_headers(self, status: int, headers: list[tuple[bytes, bytes]], chunked: bool) -> None: ...
+    def on_upstream_body(self, data: bytes) -> None: ...
+    def on_upstream_end(self) -> None: ...
+    def on_upstream_pause(self) -> None: ...
+    def on_upstream_resume(self) -> None: ...
+
+
+class Http1UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "_headers",
+        "closed",
+        "handler",
+        "head_request",
+        "host",
+        "idle_since",
+        "idle_timer",
+        "in_response",
+        "parser",
+        "pool",
+        "requests",
+        "transport",
+    )
+
+    def __init__(self, pool: Http1Pool) -> None:
+        self.pool = pool
+        self.host = pool.host
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.handler: UpstreamHandler | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self.requests = 0
+        self.closed = False
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0
+        self.head_request = False
+        self.in_response = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
+        limit = self.pool.buffer_limit
+        transport.set_write_buffer_limits(high=limit, low=limit // 2)
+        self.host.cx_active.inc()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed:
+            self.closed = True
+            self.host.cx_active.dec()
+            self.pool.cx_destroy.inc()
+        self.pool.discard(self)
+        h = self.handler
+        if h is not None:
+            self.handler = None
+            if self.in_response and not self._has_length():
+                # A close-delimited body (no content-length, not chunked) ends at EOF.
+                try:
+                    self.parser.feed_data(b"")
+                except httptools.HttpParserError:
+                    pass
+                h.on_upstream_end()
+                return
+            h.on_upstream_failure(local_reply.RESET_CONNECTION_TERMINATION)
+
+    def _has_length(self) -> bool:
+        for k, v in self._headers:
+            if k == b"content-length" or (k == b"transfer-encoding" and v.lower().endswith(b"chunked")):
+                return True
+        return False
+
+    def data_received(self, data: bytes) -> None:
+        if self.handler is None:
+            # Bytes on an idle connection: the upstream is confused; don't reuse it.
+            self.close()
+            return
+        down = self.handler.downstream
+        down.cork()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            h = self.handler
+            self.handler = None
+            self.close()
+            if h is not None:
+                h.on_upstream_failure(b"protocol error")
+        finally:
+            down.uncork()
+
+    def pause_writing(self) -> None:
+        if self.handler is not None:
+            self.handler.on_upstream_pause()
+
+    def resume_writing(self) -> None:
+        if self.handler is not None:
+            self.handler.on_upstream_resume()
+
+    # -- httptools callbacks --------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._headers = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200 and status != 101:
+            return  # 1xx interim responses are not forwarded (Envoy's proxy_100_continue off)
+        h = self.handler
+        if h is None:
+            return
+        self.in_response = True
+        chunked = False
+        for k, v in self._headers:
+            if k == b"transfer-encoding":
+                chunked = True
+                break
+        h.on_upstream_headers(status, self._headers, chunked)
+        if self.head_request and self.handler is h:
+            # A response to HEAD has no body whatever its content-length says (RFC 9110 9.3.2);
+            # llhttp cannot be told the request method, so end here and don't reuse the connection.
+            self.handler = None
+            self.in_response = False
+            self.close()
+            h.on_upstream_end()
+
+    def on_body(self, body: bytes) -> None:
+        h = self.handler
+        if h is not None:
+            h.on_upstream_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.parser.get_status_code() < 200 or not self.in_response:
+            return
+        h = self.handler
+        self.in_response = False
+        if h is None:
+            return
+        self.handler = None
+        reusable = self.parser.should_keep_alive()
+        h.on_upstream_end()
+        if reusable and not self.closed:
+            self.pool.release(self)
+        else:
+            self.close()
+
+    # -- used by the router ----------------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def detach(self) -> None:
+        """The handler gives up on this connection mid-exchange (timeout, downstream reset)."""
+        self.handler = None
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+
+def _connect_failure_reason(exc: BaseException) -> bytes:
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return local_reply.RESET_CONNECTION_FAILURE
+    if isinstance(exc, OSError) and exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH):
+        return local_reply.RESET_CONNECTION_FAILURE
+    return local_reply.RESET_CONNECTION_FAILURE
+
+
+class Http1Pool:
+    """Idle keep-alive connections to one host, and the connects under way."""
+
+    __slots__ = (
+        "buffer_limit",
+        "connect_timeout",
+        "cx_connect_fail",
+        "cx_destroy",
+        "cx_total",
+        "host",
+        "idle",
+        "idle_timeout",
+        "loop",
+        "max_requests",
+    )
+
+    def __init__(self, host: Host, loop: asyncio.AbstractEventLoop) -> None:
+        self.host = host
+        cluster = host.cluster
+        cfg = cluster.config
+        self.loop = loop
+        self.idle: list[Http1UpstreamConnection] = []
+        self.connect_timeout = cfg.connect_timeout
+        self.idle_timeout = cfg.idle_timeout
+        self.max_requests = cfg.max_requests_per_connection
+        self.buffer_limit = cfg.per_connection_buffer_limit_bytes
+        self.cx_total = cluster.stats.upstream_cx_total
+        self.cx_connect_fail = cluster.stats.upstream_cx_connect_fail
+        self.cx_destroy = cluster.stats.upstream_cx_destroy
+
+    def acquire(self, handler: UpstreamHandler) -> None:
+        """Bind `handler` to a connection: at once if one is idle, else when a connect completes
+        (`handler.on_upstream_ready`) or fails (`handler.on_upstream_failure`)."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if conn.closed or conn.transport is None or conn.transport.is_closing():
+                continue
+            conn.handler = handler
+            conn.requests += 1
+            handler.on_upstream_ready(conn)
+            return
+        self.loop.create_task(self._connect(handler))
+
+    async def _connect(self, handler: UpstreamHandler) -> None:
+        conn = Http1UpstreamConnection(self)
+        self.cx_total.inc()
+        addr = self.host.address
+        try:
+            if addr.pipe:
+                coro = self.loop.create_unix_connection(lambda: conn, addr.pipe)
+            else:
+                coro = self.loop.create_connection(lambda: conn, addr.host, addr.port)
+            if self.connect_timeout > 0:
+                await asyncio.wait_for(coro, self.connect_timeout)
+            else:
+                await coro
+        except (OSError, asyncio.TimeoutError) as exc:
+            self.cx_connect_fail.inc()
+            self.host.cx_connect_fail.inc()
+            handler.on_upstream_failure(_connect_failure_reason(exc))
+            return
+        conn.handler = handler
+        conn.requests = 1
+        handler.on_upstream_ready(conn)
+
+    def release(self, conn: Http1UpstreamConnection) -> None:
+        if self.max_requests and conn.requests >= self.max_requests:
+            conn.close()
+            return
+        self.idle.append(conn)
+        if self.idle_timeout > 0:
+            # One timer per connection, re-armed lazily from `idle_since` (no timer per request).
+            conn.idle_since = self.loop.time()
+            if conn.idle_timer is None:
+                conn.idle_timer = self.loop.call_later(self.idle_timeout, self._check_idle, conn)
+
+    def _check_idle(self, conn: Http1UpstreamConnection) -> None:
+        conn.idle_timer = None
+        if conn.closed:
+            return
+        if conn.handler is not None:
+            conn.idle_timer = self.loop.call_later(self.idle_timeout, self._check_idle, conn)
+            return
+        left = conn.idle_since + self.idle_timeout - self.loop.time()
+        if left > 0.001:
+            conn.idle_timer = self.loop.call_later(left, self._check_idle, conn)
+            return
+        conn.close()
+
+    def discard(self, conn: Http1UpstreamConnection) -> None:
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def close(self) -> None:
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
