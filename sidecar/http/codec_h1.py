@@ -6,8 +6,6 @@ message framing, hop-by-hop headers).  No sockets, no asyncio."""
 
 from __future__ import annotations
 
-from http import HTTPStatus
-
 from sidecar.http.events import Headers
 
 # RFC 9110 section 7.6.1 + Envoy's ConnectionManagerUtility: connection-specific headers a proxy
@@ -20,18 +18,43 @@ HOP_BY_HOP_RESPONSE = frozenset(
 )
 
 
+# Envoy's CodeUtility::toString: the reason phrases its HTTP/1 codec writes.  Any other code is
+# "Unknown" (so 418 is "418 Unknown", not Python's "I'm a Teapot").
+_ENVOY_REASONS = {
+    100: "Continue", 200: "OK", 201: "Created", 202: "Accepted", 203: "Non-Authoritative Information",
+    204: "No Content", 205: "Reset Content", 206: "Partial Content", 207: "Multi-Status",
+    208: "Already Reported", 226: "IM Used", 300: "Multiple Choices", 301: "Moved Permanently",
+    302: "Found", 303: "See Other", 304: "Not Modified", 305: "Use Proxy", 307: "Temporary Redirect",
+    308: "Permanent Redirect", 400: "Bad Request", 401: "Unauthorized", 402: "Payment Required",
+    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable",
+    407: "Proxy Authentication Required", 408: "Request Timeout", 409: "Conflict", 410: "Gone",
+    411: "Length Required", 412: "Precondition Failed", 413: "Payload Too Large", 414: "URI Too Long",
+    415: "Unsupported Media Type", 416: "Range Not Satisfiable", 417: "Expectation Failed",
+    421: "Misdirected Request", 422: "Unprocessable Entity", 423: "Locked", 424: "Failed Dependency",
+    426: "Upgrade Required", 428: "Precondition Required", 429: "Too Many Requests",
+    431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
+    502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+    505: "HTTP Version Not Supported", 506: "Variant Also Negotiates", 507: "Insufficient Storage",
+    508: "Loop Detected", 510: "Not Extended", 511: "Network Authentication Required",
+}  # fmt: skip
+
+
 def _reason(code: int) -> bytes:
-    try:
-        return HTTPStatus(code).phrase.encode()
-    except ValueError:
-        return b"Unknown"
+    return _ENVOY_REASONS.get(code, "Unknown").encode()
 
 
 # Status lines built once (uvicorn's STATUS_LINE): `HTTP/1.1 200 OK\r\n`.
-STATUS_LINE: dict[int, bytes] = {
-    c: b"HTTP/1.1 %d %s\r\n" % (c, _reason(c)) for c in range(100, 600)
-}
-REASON: dict[int, bytes] = {c: _reason(c) for c in range(100, 600)}
+STATUS_LINE: dict[int, bytes] = {c: b"HTTP/1.1 %d %s\r\n" % (c, _reason(c)) for c in range(100, 1000)}
+STATUS_LINE_10: dict[int, bytes] = {c: b"HTTP/1.0 %d %s\r\n" % (c, _reason(c)) for c in range(100, 1000)}
+REASON: dict[int, bytes] = {c: _reason(c) for c in range(100, 1000)}
+
+
+def status_line(status: int, http10: bool = False) -> bytes:
+    line = (STATUS_LINE_10 if http10 else STATUS_LINE).get(status)
+    if line is None:
+        line = b"HTTP/1.%d %d Unknown\r\n" % (0 if http10 else 1, status)
+    return line
+
 
 # RFC 9110 section 5.6.2 token characters: the only bytes allowed in a field name.
 _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -51,9 +74,8 @@ def valid_header_value(value: bytes) -> bool:
     return b"\r" not in value and b"\n" not in value and b"\x00" not in value
 
 
-def encode_response_head(status: int, headers: Headers) -> bytes:
-    line = STATUS_LINE.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
-    parts = [line]
+def encode_response_head(status: int, headers: Headers, http10: bool = False) -> bytes:
+    parts = [status_line(status, http10)]
     for k, v in headers:
         parts.append(k)
         parts.append(b": ")

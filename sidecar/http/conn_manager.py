@@ -8,13 +8,13 @@ done.  Local replies come from http/local_reply.py; this module only decides whe
 
 from __future__ import annotations
 
-import random
 import time
 from typing import TYPE_CHECKING, Any
 
 from sidecar.http import date, local_reply
 from sidecar.http.codec_h1 import LAST_CHUNK, encode_chunk, encode_response_head
-from sidecar.http.events import Headers, RequestHead, ResponseHead
+from sidecar.http.edge import mutate_request_headers
+from sidecar.http.events import Headers, RequestHead
 from sidecar.http.filters.base import STOP
 from sidecar.model.listener import HttpConnectionManager, ServerHeaderTransformation
 from sidecar.model.route import Route, VirtualHost
@@ -23,17 +23,6 @@ from sidecar.observe.stats import Stats
 if TYPE_CHECKING:
     from sidecar.http.protocol import Http1ServerConnection
     from sidecar.upstream.cluster_manager import ClusterManager
-
-_getrandbits = random.getrandbits
-
-
-def new_request_id() -> bytes:
-    """A random (version 4) UUID, as Envoy's UUIDUtils generates for x-request-id."""
-    r = _getrandbits(128)
-    h = b"%032x" % r
-    # version nibble 4, variant bits 10xx (RFC 4122 section 4.4)
-    return b"%s-%s-4%s-%x%s-%s" % (h[0:8], h[8:12], h[13:16], 8 | (r >> 60 & 3), h[17:20], h[20:32])
-
 
 def _weights_mutate(route: Route) -> bool:
     ws = getattr(route.action, "weighted_clusters", ())
@@ -59,12 +48,12 @@ class HcmStats:
         "downstream_rq_too_large",
         "downstream_rq_total",
         "downstream_rq_tx_reset",
+        "downstream_rq_ws_on_non_ws_route",
         "no_cluster",
         "no_route",
         "rq_direct_response",
         "rq_redirect",
         "rq_total",
-        "downstream_rq_ws_on_non_ws_route",
     )
 
     def __init__(self, stats: Stats, prefix: str) -> None:
@@ -81,9 +70,11 @@ class HcmRuntime:
     """Everything a connection of one HCM needs, built off the hot path."""
 
     __slots__ = (
+        "buffer_limit",
         "cfg",
         "cluster_manager",
         "filter_factories",
+        "has_mutations",
         "loop",
         "max_header_bytes",
         "route_config",
@@ -91,8 +82,6 @@ class HcmRuntime:
         "server_mode",
         "stats",
         "table",
-        "buffer_limit",
-        "has_mutations",
     )
 
     def __init__(
@@ -128,24 +117,25 @@ class Stream:
     """One request and its response on a downstream connection."""
 
     __slots__ = (
+        "body_expected",
         "chunked_out",
         "close_after",
         "conn",
         "filters",
         "head",
         "head_only",
-        "body_expected",
         "pending",
+        "refuse",
         "req_done",
+        "request_id",
         "resp_done",
         "resp_started",
         "route",
         "rt",
         "started",
         "status",
-        "vhost",
         "t0",
-        "request_id",
+        "vhost",
     )
 
     def __init__(self, conn: Http1ServerConnection, rt: HcmRuntime, head: RequestHead) -> None:
@@ -164,6 +154,7 @@ class Stream:
         self.close_after = not head.keep_alive
         self.head_only = head.method == b"HEAD"
         self.body_expected = False  # set by the codec: content-length > 0 or chunked
+        self.refuse = 0  # set by the codec: a status the connection manager must answer with
         self.status = 0
         self.t0 = 0.0
         self.request_id = b""
@@ -193,7 +184,12 @@ class Stream:
                 self.close_after = True
                 self.local_reply(400, None)
                 return
-        self._edge_headers(head, cfg)
+        if self.refuse:
+            # Refused by the codec's rules but answered by the connection manager, with an empty
+            # body as Envoy does (fragment in the target: 400; upgrade without upgrade_configs: 403).
+            self.local_reply(self.refuse, None, close=True)
+            return
+        self.request_id = mutate_request_headers(head, cfg, self.conn.peer_ip)
         table = rt.table
         path = head.path
         sel = table.select(head.authority.decode("latin-1"), path.decode("latin-1"), head) if table else None
@@ -211,30 +207,6 @@ class Stream:
             last = len(pending) - 1
             for i, chunk in enumerate(pending):
                 self._decode_body(chunk, self.req_done and i == last)
-
-    def _edge_headers(self, head: RequestHead, cfg: HttpConnectionManager) -> None:
-        """x-forwarded-for/-proto and x-request-id (Envoy's ConnectionManagerUtility::mutateRequestHeaders)."""
-        headers = head.headers
-        if cfg.use_remote_address:
-            if not cfg.skip_xff_append:
-                peer = self.conn.peer_ip
-                xff = head.get(b"x-forwarded-for")
-                if xff is None:
-                    headers.append((b"x-forwarded-for", peer))
-                else:
-                    head.set(b"x-forwarded-for", xff + b"," + peer)
-            head.set(b"x-forwarded-proto", head.scheme)
-        elif head.get(b"x-forwarded-proto") is None:
-            headers.append((b"x-forwarded-proto", head.scheme))
-        if cfg.generate_request_id:
-            rid = head.get(b"x-request-id")
-            if rid is None:
-                rid = new_request_id()
-                headers.append((b"x-request-id", rid))
-            elif cfg.use_remote_address and not cfg.preserve_external_request_id:
-                rid = new_request_id()
-                head.set(b"x-request-id", rid)
-            self.request_id = rid
 
     def on_body(self, chunk: bytes) -> None:
         if not self.started:
@@ -289,20 +261,28 @@ class Stream:
                 headers.append((b"server", rt.server))
         elif mode is ServerHeaderTransformation.APPEND_IF_ABSENT and server_at < 0:
             headers.append((b"server", rt.server))
+        if rt.cfg.always_set_request_id_in_response and self.request_id:
+            headers.append((b"x-request-id", self.request_id))
         conn = self.conn
         if conn.draining:
             self.close_after = True
+        http10 = self.head.version == b"1.0"
         if self.close_after:
             headers.append((b"connection", b"close"))
+        elif http10:
+            headers.append((b"connection", b"keep-alive"))  # RFC 9112 section 9.3: 1.0 keep-alive is opt-in
         if not end and not has_length and not self.head_only and status not in (204, 304):
-            if self.head.version == b"1.0":
-                self.close_after = True  # close-delimited body for an HTTP/1.0 client
+            if http10:
+                # A 1.0 client can't read chunked: close-delimited body (RFC 9112 section 6.3).
+                if not self.close_after:
+                    self.close_after = True
+                    headers[-1] = (b"connection", b"close")
             else:
                 self.chunked_out = True
                 headers.append((b"transfer-encoding", b"chunked"))
         elif end and not has_length and status not in (204, 304) and not (100 <= status < 200):
             headers.append((b"content-length", b"0"))
-        conn.write(encode_response_head(status, headers))
+        conn.write(encode_response_head(status, headers, http10))
         if end:
             self._response_complete()
 
@@ -333,7 +313,16 @@ class Stream:
             self.close_after = True
         rt = self.rt
         server = rt.server if rt.server_mode is not ServerHeaderTransformation.PASS_THROUGH else None
-        self.conn.write(local_reply.encode(status, body, server, self.close_after, extra, head_only=self.head_only))
+        if rt.cfg.always_set_request_id_in_response and self.request_id:
+            extra = [*(extra or ()), (b"x-request-id", self.request_id)]
+        # A refused 1.0 request (426) is answered in 1.1, an accepted one in 1.0 (Envoy's codec).
+        http10 = self.head.version == b"1.0" and rt.cfg.accept_http_10
+        self.conn.write(
+            local_reply.encode(
+                status, body, server, self.close_after, extra, head_only=self.head_only, http10=http10,
+                keep_alive=http10 and not self.close_after,
+            )
+        )
         self._response_complete()
 
     def _response_complete(self) -> None:

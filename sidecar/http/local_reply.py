@@ -7,7 +7,7 @@ are part of the contract (people grep for them), so they live here and nowhere e
 from __future__ import annotations
 
 from sidecar.http import date
-from sidecar.http.codec_h1 import STATUS_LINE
+from sidecar.http.codec_h1 import status_line
 from sidecar.http.events import Headers
 
 # Bodies (Envoy's exact strings; see ENVOY-CONTRACT.md "Local replies").
@@ -15,6 +15,7 @@ NO_HEALTHY_UPSTREAM = b"no healthy upstream"
 UPSTREAM_TIMEOUT = b"upstream request timeout"
 UPSTREAM_RESET_PREFIX = b"upstream connect error or disconnect/reset before headers. reset reason: "
 BAD_REQUEST = b"Bad Request"
+NOT_IMPLEMENTED = b"Not Implemented"
 UPGRADE_REQUIRED = b"Upgrade Required"
 HEADERS_TOO_LARGE = b"Request Header Fields Too Large"
 PAYLOAD_TOO_LARGE = b"Payload Too Large"
@@ -26,6 +27,7 @@ RESET_CONNECTION_FAILURE = b"remote connection failure"
 RESET_CONNECTION_TERMINATION = b"connection termination"
 RESET_LOCAL = b"local reset"
 RESET_OVERFLOW = b"overflow"
+RESET_PROTOCOL_ERROR = b"protocol error"
 RESET_CONNECT_TIMEOUT = b"connection timeout"
 
 
@@ -37,9 +39,11 @@ def encode(
     extra: Headers | None = None,
     content_type: bytes = b"text/plain",
     head_only: bool = False,
+    http10: bool = False,
+    keep_alive: bool = False,
 ) -> bytes:
     """The whole HTTP/1.1 response.  `server` None means no server header (PASS_THROUGH)."""
-    parts = [STATUS_LINE.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status]
+    parts = [status_line(status, http10)]
     if body:
         parts.append(b"content-length: %d\r\ncontent-type: %s\r\n" % (len(body), content_type))
     if extra:
@@ -52,6 +56,8 @@ def encode(
         parts.append(b"server: %s\r\n" % server)
     if close:
         parts.append(b"connection: close\r\n")
+    elif keep_alive:
+        parts.append(b"connection: keep-alive\r\n")
     if not body:
         parts.append(b"content-length: 0\r\n")
     parts.append(b"\r\n")

@@ -36,6 +36,9 @@ class Http1ServerConnection(asyncio.Protocol):
         "_header_bytes",
         "_headers",
         "_nheaders",
+        "_te",
+        "_upgrade",
+        "_upgrade_refused",
         "_url",
         "active",
         "closed",
@@ -55,7 +58,6 @@ class Http1ServerConnection(asyncio.Protocol):
         "rt",
         "transport",
         "write_paused",
-        "_te",
     )
 
     def __init__(self, rt: HcmRuntime, owner: object = None) -> None:
@@ -86,6 +88,8 @@ class Http1ServerConnection(asyncio.Protocol):
         self._cl_count = 0
         self._cl_zero = False
         self._te = False
+        self._upgrade = b""
+        self._upgrade_refused = False
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -135,19 +139,43 @@ class Http1ServerConnection(asyncio.Protocol):
             return
         self.cork()
         try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._codec_error(_CodecError(403, None))  # upgrades are not configured (upgrade_configs)
-        except httptools.HttpParserCallbackError as exc:
-            ctx = exc.__context__
-            if isinstance(ctx, _CodecError):
-                self._codec_error(ctx)
-            else:
-                raise
-        except httptools.HttpParserError:
-            self._codec_error(_CodecError(400, local_reply.BAD_REQUEST))
+            self._feed(data)
         finally:
             self.uncork()
+
+    def _feed(self, data: bytes) -> None:
+        for _ in range(64):  # bounded: each pass consumes an upgrade request's head
+            try:
+                self.parser.feed_data(data)
+                return
+            except httptools.HttpParserUpgrade as exc:
+                # llhttp stops after a CONNECT or `Connection: upgrade` request.  No upgrade_configs:
+                # CONNECT was answered already (404 + close); a real upgrade is refused with 403;
+                # otherwise the rest of the bytes are the next request.
+                if self._upgrade_refused or self.closed:
+                    self.close()  # the 403 was written when the head arrived
+                    return
+                offset = exc.args[0] if exc.args else len(data)
+                data = data[offset:]
+                if not data:
+                    return
+            except httptools.HttpParserCallbackError as exc:
+                ctx = exc.__context__
+                if isinstance(ctx, _CodecError):
+                    self._codec_error(ctx)
+                    return
+                raise
+            except httptools.HttpParserError as exc:
+                msg = str(exc)
+                if "invalid `transfer-encoding`" in msg.lower():
+                    # RFC 9112 section 6.1: a transfer coding we can't decode (anything but a final
+                    # "chunked") is 501, as Envoy answers.
+                    self._codec_error(_CodecError(501, local_reply.NOT_IMPLEMENTED))
+                elif "HTTP version" in msg:
+                    self._codec_error(_CodecError(426, local_reply.UPGRADE_REQUIRED))
+                else:
+                    self._codec_error(_CodecError(400, local_reply.BAD_REQUEST))
+                return
 
     def eof_received(self) -> bool | None:
         # A half-closed client still gets its pending responses (Envoy waits for them), unless
@@ -177,6 +205,7 @@ class Http1ServerConnection(asyncio.Protocol):
         self._cl_count = 0
         self._cl_zero = False
         self._te = False
+        self._upgrade = b""
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -206,13 +235,21 @@ class Http1ServerConnection(asyncio.Protocol):
         elif name == b"transfer-encoding":
             self._te = True
         elif name == b"expect" and value.lower() == b"100-continue":
+            # Envoy answers 100-continue itself and does not forward the expectation.
             self._expect = True
+            return
+        elif name == b"upgrade":
+            self._upgrade = value
         if not valid_header_name(name):
             raise _CodecError(400, local_reply.BAD_REQUEST)
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         p = self.parser
+        version = p.get_http_version()
+        if version != "1.1" and version != "1.0":
+            # HTTP/0.9 (no version) and unknown versions: Envoy's 426.
+            raise _CodecError(426, local_reply.UPGRADE_REQUIRED)
         if self._cl_count > 1 or (self._te and self._cl_count):
             # RFC 9112 section 6.3: conflicting framing is a smuggling vector; Envoy refuses it.
             raise _CodecError(400, local_reply.BAD_REQUEST)
@@ -227,15 +264,23 @@ class Http1ServerConnection(asyncio.Protocol):
                 url = path
             elif p.get_method() != b"CONNECT":
                 raise _CodecError(400, local_reply.BAD_REQUEST)
-        head = RequestHead(
-            p.get_method(),
-            url,
-            p.get_http_version().encode(),
-            self._headers,
-            self._authority,
-            p.should_keep_alive(),
-        )
+        method = p.get_method()
+        head = RequestHead(method, url, version.encode(), self._headers, self._authority, p.should_keep_alive())
+        if self._upgrade and p.should_upgrade() and method != b"CONNECT":
+            if self._upgrade.lower() == b"h2c":
+                # RFC 9113 section 3.1: h2c upgrade is optional; Envoy ignores it and serves HTTP/1.1.
+                head.remove(b"upgrade")
+            else:
+                self._upgrade_refused = True  # no upgrade_configs: Envoy answers 403 and closes
         stream = Stream(self, self.rt, head)
+        if self._upgrade_refused:
+            stream.refuse = 403
+        if method == b"CONNECT" or b"#" in url:
+            # Neither can be routed here: CONNECT needs upgrade_configs (404 with close, as Envoy);
+            # a fragment in the target is refused by Envoy's connection manager (empty 400).
+            stream.close_after = True
+            if b"#" in url:
+                stream.refuse = 400
         stream.body_expected = self._te or (self._cl_count > 0 and not self._cl_zero)
         self.parsing = stream
         if self.active is None:

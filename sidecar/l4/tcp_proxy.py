@@ -11,9 +11,9 @@ import random
 from typing import TYPE_CHECKING
 
 from sidecar.model.listener import TcpProxy
+from sidecar.model.route import ClusterWeight
 from sidecar.observe.stats import Stats
 from sidecar.routing import weighted
-from sidecar.model.route import ClusterWeight
 
 if TYPE_CHECKING:
     from sidecar.upstream.cluster_manager import ClusterManager, Host
@@ -21,9 +21,9 @@ if TYPE_CHECKING:
 
 class TcpProxyStats:
     __slots__ = (
-        "downstream_cx_total",
         "downstream_cx_no_route",
         "downstream_cx_rx_bytes_total",
+        "downstream_cx_total",
         "downstream_cx_tx_bytes_total",
         "idle_timeout",
         "upstream_flush_active",
@@ -149,7 +149,7 @@ class TcpProxyConnection(asyncio.Protocol):
             else:
                 coro = rt.loop.create_connection(lambda: up, addr.host, addr.port)
             await asyncio.wait_for(coro, timeout)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             cluster.stats.upstream_cx_connect_fail.inc()
             host.cx_connect_fail.inc()
             self.close()

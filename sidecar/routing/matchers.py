@@ -11,6 +11,7 @@ source/common/http/header_utility.cc, source/common/router/config_utility.cc) an
 from __future__ import annotations
 
 import string
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -24,6 +25,12 @@ DEFAULT_MAX_PROGRAM_SIZE = 100
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False
+try:  # google-re2's extension module; see full_matcher
+    from re2 import _re2 as _re2_ext
+
+    _ANCHOR_BOTH: Any = _re2_ext.RE2.Anchor.ANCHOR_BOTH
+except (ImportError, AttributeError):  # pragma: no cover - another google-re2 layout
+    _ANCHOR_BOTH = None
 
 
 def ascii_lower(s: str) -> str:
@@ -55,8 +62,34 @@ def compile_regex(regex: str, max_program_size: int = DEFAULT_MAX_PROGRAM_SIZE) 
     return compiled
 
 
+def full_matcher(compiled: Any) -> Callable[[str], bool]:
+    """RE2::FullMatch(text, compiled) as a function.  google-re2's public `fullmatch` spends ~3 us
+    per call mapping byte offsets back to str offsets for the match object; a yes/no answer needs
+    none of that, so call the extension's Match directly (~0.9 us) when it is there."""
+    raw = getattr(compiled, "_regexp", None)
+    if raw is None or _ANCHOR_BOTH is None:  # pragma: no cover - another google-re2 layout
+        return lambda text: compiled.fullmatch(text) is not None
+    match = raw.Match
+    anchor = _ANCHOR_BOTH
+
+    def full(text: str) -> bool:
+        data = text.encode("utf-8", "surrogatepass")
+        return bool(match(anchor, data, 0, len(data))[0][0] >= 0)
+
+    return full
+
+
 class ValueMatcher(Protocol):
     def match(self, value: str) -> bool: ...
+
+
+class MultiValueRequestView(RequestView, Protocol):
+    """A RequestView that can also give the values of a repeated header one by one.  Envoy 1.40
+    matches a header that occurs several times value by value (any may match; invert_match then
+    negates that), which the joined `header()` cannot express when a value holds a comma.
+    HeaderMatcher uses this method when the request has it."""
+
+    def header_values(self, name: str) -> Sequence[str] | None: ...
 
 
 # --- path matchers: RouteMatch.path_specifier, on the path without query and fragment -----------
@@ -132,14 +165,15 @@ class RegexPathMatcher:
 
     regex: str
     max_program_size: int = DEFAULT_MAX_PROGRAM_SIZE
-    _re: Any = field(init=False, repr=False, compare=False)
+    _full: Callable[[str], bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_re", compile_regex(self.regex, self.max_program_size))
+        compiled = compile_regex(self.regex, self.max_program_size)
+        object.__setattr__(self, "_full", full_matcher(compiled))
 
     def matches(self, path: str) -> bool:
         end = path_end(path)
-        return self._re.fullmatch(path if end == len(path) else path[:end]) is not None
+        return self._full(path if end == len(path) else path[:end])
 
 
 # --- value matchers: type.matcher.v3.StringMatcher and the HeaderMatcher specifiers -------------
@@ -213,13 +247,14 @@ class RegexMatcher:
 
     regex: str
     max_program_size: int = DEFAULT_MAX_PROGRAM_SIZE
-    _re: Any = field(init=False, repr=False, compare=False)
+    _full: Callable[[str], bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_re", compile_regex(self.regex, self.max_program_size))
+        compiled = compile_regex(self.regex, self.max_program_size)
+        object.__setattr__(self, "_full", full_matcher(compiled))
 
     def match(self, value: str) -> bool:
-        return self._re.fullmatch(value) is not None
+        return self._full(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +302,8 @@ class HeaderMatcher:
     As Envoy's matchHeaders: a missing header (without treat_missing_header_as_empty) fails every
     value specifier whatever invert_match says; for present_match the answer is
     `(header is present) == present`, then inverted.  treat_missing_header_as_empty makes a missing
-    header an empty (and present) one.  `name` is lowercase; "host" is looked up as :authority."""
+    header an empty (and present) one.  A repeated header matches when any of its values does
+    (see MultiValueRequestView).  `name` is lowercase; "host" is looked up as :authority."""
 
     name: str
     value: ValueMatcher | None = None
@@ -288,6 +324,17 @@ class HeaderMatcher:
             value = ""
         if self.value is None:
             return self.present != self.invert
+        # Values of a repeated header are joined with ',', so only then can there be several.
+        if "," in value:
+            values = getattr(request, "header_values", None)
+            entries = values(self.name) if values is not None else None
+            if entries is not None and len(entries) > 1:
+                matched = False
+                for entry in entries:
+                    if self.value.match(entry):
+                        matched = True
+                        break
+                return matched != self.invert
         return self.value.match(value) != self.invert
 
 

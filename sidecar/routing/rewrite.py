@@ -1,8 +1,8 @@
 """Path rewrites and redirect locations (Envoy's rewritePathByPrefixOrRegex and Http::Utility::newUri).
 
-Pure string functions, run by the router after `RouteTable.select`: `rewrite_path` for
-RouteAction.prefix_rewrite/regex_rewrite (the caller sets x-envoy-original-path when it returns a
-new path object) and `redirect_location` for RedirectAction and the require_tls redirect.  `replace_all` is
+Pure string functions, run by the router after `RouteTable.select`: `rewritten_path` /
+`rewrite_path` for RouteAction.prefix_rewrite/regex_rewrite (x-envoy-original-path is set when
+`rewritten_path` is not None) and `redirect_location` for RedirectAction and the require_tls redirect.  `replace_all` is
 RE2::GlobalReplace, which differs from Python's re.sub on empty matches and on the rewrite syntax
 (only \\0-\\9 and \\\\ are escapes).  Must not know headers other than the ones passed in."""
 
@@ -93,14 +93,15 @@ def replace_all(pattern: Any, text: str, rewrite: str) -> str:
     return "".join(out)
 
 
-def rewrite_path(route: Route, action: RouteAction | RedirectAction, path: str) -> str:
-    """The :path after prefix_rewrite / regex_rewrite of `action`; `path` itself (the same object)
-    when neither applies, so `new is not path` tells the caller to set x-envoy-original-path.
+def rewritten_path(route: Route, action: RouteAction | RedirectAction, path: str) -> str | None:
+    """The :path after prefix_rewrite / regex_rewrite of `action`, or None when Envoy rewrites
+    nothing (neither is configured, or the regex substitution came out empty).  Envoy sets
+    x-envoy-original-path exactly when this is not None, even if the new path equals the old.
 
     prefix_rewrite replaces what the route matched: the configured prefix/path/
     path_separated_prefix (its length, whatever the case of the request), or for a safe_regex
     route the whole path before the query.  regex_rewrite substitutes on the path before the
-    query; an empty result means no rewrite (as in Envoy).  The query string is kept either way."""
+    query.  The query string is kept either way."""
     if action.prefix_rewrite:
         if isinstance(route.match.path, RegexPathMatcher):
             matched = path_end(path)
@@ -113,7 +114,13 @@ def rewrite_path(route: Route, action: RouteAction | RedirectAction, path: str) 
         new = replace_all(rewrite.pattern, path[:end], rewrite.substitution)
         if new:
             return new + path[end:]
-    return path
+    return None
+
+
+def rewrite_path(route: Route, action: RouteAction | RedirectAction, path: str) -> str:
+    """rewritten_path, or `path` unchanged when nothing is rewritten."""
+    new = rewritten_path(route, action, path)
+    return path if new is None else new
 
 
 def _is_https(scheme: str) -> bool:

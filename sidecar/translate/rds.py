@@ -284,7 +284,8 @@ def translate_header_value_option(pb: base_pb2.HeaderValueOption, path: str) -> 
     hv, hp = pb.header, f"{path}.header"
     check_fields(hv, hp, handled=("key", "value", "raw_value"))
     key = _text(hv.key, f"{hp}.key", min_len=1)
-    if key.startswith(":") or key.lower() == "host":
+    # HeaderUtility::isModifiableHeader: :path etc. have their own RouteAction fields.
+    if key.startswith(":") or m.ascii_lower(key) == "host":
         raise ConfigError(f"{hp}.key", ":-prefixed or host headers may not be modified")
     if hv.value and hv.raw_value:
         raise ConfigError(hp, "only one of value or raw_value may be set")
@@ -314,7 +315,7 @@ def _removals(names: Iterable[str], path: str) -> tuple[bytes, ...]:
     for i, name in enumerate(names):
         p = f"{path}[{i}]"
         _text(name, p, min_len=1)
-        if name.startswith(":") or name.lower() == "host":
+        if name.startswith(":") or m.ascii_lower(name) == "host":
             raise ConfigError(p, ":-prefixed or host headers may not be removed")
         out.append(m.ascii_lower(name).encode())
     return tuple(out)

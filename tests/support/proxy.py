@@ -9,6 +9,7 @@ can show it.  Both binaries are found next to `sys.executable`."""
 
 from __future__ import annotations
 
+import atexit
 import http.client
 import os
 import re
@@ -27,6 +28,9 @@ import yaml
 from tests.support.ports import free_port
 
 PROXY_KINDS = ("envoy", "sidecar")
+# Every process started and not yet stopped: stopped at interpreter exit, so that a crashed script
+# or test session does not leave proxies running (they run in their own session, see `start`).
+_LIVE: set[ProxyProcess] = set()
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -138,8 +142,11 @@ class ProxyProcess:
                 stdout=err,
                 stderr=err,
                 cwd=self.workdir,
+                # Its own process group: `stop` signals the group, which reaches worker processes
+                # the sidecar may fork, and a Ctrl-C to pytest does not hit the proxy mid-test.
                 start_new_session=True,
             )
+        _LIVE.add(self)
         deadline = time.monotonic() + timeout
         pending = list(self.listener_ports)
         admin_ok = self.admin_port is None
@@ -169,6 +176,7 @@ class ProxyProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = 5.0) -> None:
+        _LIVE.discard(self)
         if self.proc is None:
             return
         if self.proc.poll() is None:
@@ -192,6 +200,12 @@ class ProxyProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for proc in list(_LIVE):
+        proc.stop(timeout=2.0)
 
 
 def start_proxy(

@@ -11,7 +11,8 @@ import time
 from typing import TYPE_CHECKING
 
 from sidecar.http import local_reply
-from sidecar.http.codec_h1 import HOP_BY_HOP, HOP_BY_HOP_RESPONSE, LAST_CHUNK, encode_chunk, encode_request_head
+from sidecar.http.codec_h1 import HOP_BY_HOP_RESPONSE, LAST_CHUNK, encode_chunk, encode_request_head
+from sidecar.http.edge import forwardable
 from sidecar.http.events import Headers, RequestHead
 from sidecar.http.filters.base import STOP, PassThrough
 from sidecar.http.header_mutation import apply_request_mutations, apply_response_mutations
@@ -143,29 +144,17 @@ class Router(PassThrough):
             if action.append_x_forwarded_host:
                 xfh = head.get(b"x-forwarded-host")
                 head.set(b"x-forwarded-host", authority if xfh is None else xfh + b"," + authority)
+            # Envoy 1.40 keeps the original authority for the upstream (x-envoy-original-host).
+            head.set(b"x-envoy-original-host", authority)
             head.authority = new_host
         apply_request_mutations(head, stream, cw)
-        headers = head.headers
         timeout = action.timeout
         self.timeout = timeout
         if timeout > 0:
             head.set(b"x-envoy-expected-rq-timeout-ms", b"%d" % int(timeout * 1000))
-        out: Headers = []
-        chunked = False
-        for h in headers:
-            k = h[0]
-            if k in HOP_BY_HOP:
-                if k == b"transfer-encoding":
-                    chunked = True
-                    continue
-                if k == b"te" and h[1].lower() == b"trailers":
-                    out.append(h)
-                continue
-            if k == b"expect":
-                continue  # answered by us (100-continue), never forwarded
-            out.append(h)
+        out, chunked = forwardable(head.headers)
         if chunked:
-            out.append((b"transfer-encoding", b"chunked"))
+            out = [*out, (b"transfer-encoding", b"chunked")]
         self.body_chunked = chunked
         self.pending = [encode_request_head(head.method, head.path, head.authority, out)]
         cluster.stats.upstream_rq_total.inc()
@@ -239,7 +228,9 @@ class Router(PassThrough):
             stream.local_reply(503, None)  # resets the downstream
             return
         self.cluster.stats.upstream_rq_rx_reset.inc()
-        self._reply(503, local_reply.UPSTREAM_RESET_PREFIX + reason)
+        # Envoy: an unparseable upstream response is 502 (protocol error), other resets 503.
+        status = 502 if reason == local_reply.RESET_PROTOCOL_ERROR else 503
+        self._reply(status, local_reply.UPSTREAM_RESET_PREFIX + reason)
 
     def on_upstream_headers(self, status: int, headers: Headers, chunked: bool) -> None:
         stream = self.stream
@@ -317,6 +308,8 @@ class Router(PassThrough):
         stream = self.stream
         assert stream is not None
         self._cleanup()
+        if self.cluster is not None:
+            self.cluster.stats.response(status)  # Envoy counts its own 5xx for the cluster too
         extra: Headers = []
         apply_response_mutations(extra, stream, self.weight)
         stream.local_reply(status, body, extra or None)

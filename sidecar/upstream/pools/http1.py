@@ -112,7 +112,7 @@ class Http1UpstreamConnection(asyncio.Protocol):
             self.handler = None
             self.close()
             if h is not None:
-                h.on_upstream_failure(b"protocol error")
+                h.on_upstream_failure(local_reply.RESET_PROTOCOL_ERROR)
         finally:
             down.uncork()
 
@@ -140,7 +140,7 @@ class Http1UpstreamConnection(asyncio.Protocol):
             return
         self.in_response = True
         chunked = False
-        for k, v in self._headers:
+        for k, _ in self._headers:
             if k == b"transfer-encoding":
                 chunked = True
                 break
@@ -264,7 +264,7 @@ class Http1Pool:
                 await asyncio.wait_for(coro, self.connect_timeout)
             else:
                 await coro
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             self.cx_connect_fail.inc()
             self.host.cx_connect_fail.inc()
             handler.on_upstream_failure(_connect_failure_reason(exc))

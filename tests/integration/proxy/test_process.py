@@ -17,16 +17,16 @@ import pytest
 from tests.support.http1 import Client, request
 from tests.support.loop_thread import LoopThread
 from tests.support.ports import free_port
-from tests.support.proxy import binary, start_proxy
+from tests.support.proxy import binary, render, start_proxy
 from tests.support.upstream import Behaviour, Upstreams
 
 BOOTSTRAP = """
 admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}
+  address: {socket_address: {address: 127.0.0.1, port_value: {admin_port}}}
 static_resources:
   listeners:
   - name: http
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {http_port}}}}}
+    address: {socket_address: {address: 127.0.0.1, port_value: {http_port}}}
     filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
@@ -38,13 +38,13 @@ static_resources:
             - name: all
               domains: ["*"]
               routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: app, timeout: 0s}}
+              - match: {prefix: "/"}
+                route: {cluster: app, timeout: 0s}
           http_filters:
           - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
   - name: tcp
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {tcp_port}}}}}
+    address: {socket_address: {address: 127.0.0.1, port_value: {tcp_port}}}
     filter_chains:
     - filters:
       - name: envoy.filters.network.tcp_proxy
@@ -59,7 +59,7 @@ static_resources:
       cluster_name: app
       endpoints:
       - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {app_port}}}}}}}
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: {app_port}}}}
 """
 
 pytestmark = pytest.mark.timeout(120)
@@ -72,9 +72,8 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_validate_mode_accepts_a_good_bootstrap_and_binds_nothing(tmp_path: Path) -> None:
-    port = free_port()
-    text = BOOTSTRAP.format(admin_port=free_port(), http_port=port, tcp_port=free_port(), app_port=free_port())
-    p = _write(tmp_path, text.replace("{{", "{").replace("}}", "}"))
+    text, _ = render(BOOTSTRAP)
+    p = _write(tmp_path, text)
     out = subprocess.run([str(binary("sidecar")), "--mode", "validate", "-c", str(p)],
                          capture_output=True, text=True, timeout=30)  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -82,7 +81,7 @@ def test_validate_mode_accepts_a_good_bootstrap_and_binds_nothing(tmp_path: Path
 
 
 def test_validate_mode_names_the_field_it_refuses(tmp_path: Path) -> None:
-    text = BOOTSTRAP.format(admin_port=1, http_port=2, tcp_port=3, app_port=4).replace("{{", "{").replace("}}", "}")
+    text, _ = render(BOOTSTRAP)
     text = text.replace("connect_timeout: 1s", "connect_timeout: 1s\n    outlier_detection: {consecutive_5xx: 3}")
     p = _write(tmp_path, text)
     out = subprocess.run([str(binary("sidecar")), "--mode", "validate", "-c", str(p)],
@@ -105,7 +104,7 @@ def app() -> Upstreams:
 
 
 def _start(app: Upstreams, *args: str) -> tuple[object, dict[str, object]]:
-    tmpl = BOOTSTRAP.replace("{app_port}", str(app.ports()["app"]))
+    tmpl = BOOTSTRAP.replace("{app_port}", str(app.ports["app_port"]))
     proc, used = start_proxy("sidecar", tmpl)
     if args:
         proc.stop()

@@ -1,19 +1,31 @@
-"""A dict-backed model.route.RequestView for matcher and table tests."""
+"""Dict-backed model.route.RequestView implementations for matcher and table tests."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 
-class Req:
-    """Header names are lowercased; a list value stands for repeated headers (joined with ',')."""
 
-    __slots__ = ("_headers",)
+class JoinedReq:
+    """Only `header()`: repeated headers (a list value) come back joined with ','."""
 
-    def __init__(self, headers: dict[str, str | list[str]] | None = None, **pseudo: str) -> None:
-        self._headers: dict[str, str] = {}
+    __slots__ = ("_values",)
+
+    def __init__(self, headers: Mapping[str, str | list[str]] | None = None, **pseudo: str) -> None:
+        self._values: dict[str, list[str]] = {}
         for name, value in (headers or {}).items():
-            self._headers[name.lower()] = ",".join(value) if isinstance(value, list) else value
+            self._values.setdefault(name.lower(), []).extend([value] if isinstance(value, str) else value)
         for name, value in pseudo.items():
-            self._headers[":" + name] = value
+            self._values[":" + name] = [value]
 
     def header(self, name: str) -> str | None:
-        return self._headers.get(name)
+        values = self._values.get(name)
+        return None if values is None else ",".join(values)
+
+
+class Req(JoinedReq):
+    """Also answers `header_values()` (matchers.MultiValueRequestView), as the codecs' heads do."""
+
+    __slots__ = ()
+
+    def header_values(self, name: str) -> list[str] | None:
+        return self._values.get(name)

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.routing import matchers as m
-from tests.unit.routing.request import Req
+from tests.unit.routing.request import JoinedReq, Req
 
 # --- path matchers -----------------------------------------------------------------------------------
 
@@ -152,6 +152,15 @@ def test_parse_int64_is_simple_atoi(text: str) -> None:
     assert m.parse_int64(text) == expected
 
 
+@given(
+    regex=st.sampled_from(["", "a*", "(a|b)c", "[^/]+", ".", "..", "\\x{e9}", "\\pL+", "a$", "^$"]),
+    text=st.text(alphabet=["a", "b", "c", "/", "\u00e9", "\u212a", "\n"], max_size=6),
+)
+def test_fast_full_match_agrees_with_re2(regex: str, text: str) -> None:
+    compiled = m.compile_regex(regex, max_program_size=10_000)
+    assert m.full_matcher(compiled)(text) == (compiled.fullmatch(text) is not None)
+
+
 def test_compile_regex_refuses_like_envoy() -> None:
     with pytest.raises(ValueError, match=r"missing \)"):
         m.compile_regex("(")
@@ -208,8 +217,34 @@ def test_header_matcher_reads_pseudo_headers() -> None:
     assert m.HeaderMatcher(":authority", m.ExactMatcher("h")).matches(req, "/p?q=1")
     assert m.HeaderMatcher(":method", m.ExactMatcher("GET")).matches(req, "/p?q=1")
     assert m.HeaderMatcher(":path", m.ExactMatcher("/p?q=1")).matches(req, "/p?q=1")
-    # RequestView joins repeated headers with ','.
-    assert m.HeaderMatcher("x-a", m.ExactMatcher("a,b")).matches(req, "/")
+
+
+# A header sent twice (x-a: a, x-a: b) or once with a comma (x-a: a,b), as Envoy 1.40 matched them.
+MULTI_CASES = [
+    # (matcher, hit for [a|b], hit for [a,b], hit for [1|9])
+    (m.HeaderMatcher("x-a", m.ExactMatcher("a,b")), False, True, False),
+    (m.HeaderMatcher("x-a", m.ExactMatcher("a")), True, False, False),
+    (m.HeaderMatcher("x-a", m.ExactMatcher("b")), True, False, False),
+    (m.HeaderMatcher("x-a", m.ExactMatcher("a"), invert=True), False, True, True),
+    (m.HeaderMatcher("x-a", m.ExactMatcher("c"), invert=True), True, True, True),
+    (m.HeaderMatcher("x-a", m.ContainsMatcher(",")), False, True, False),
+    (m.HeaderMatcher("x-a", m.SuffixMatcher("a")), True, False, False),
+    (m.HeaderMatcher("x-a", m.RangeMatcher(0, 5)), False, False, True),
+    (m.HeaderMatcher("x-a", m.RegexMatcher("a,b")), False, True, False),
+    (m.HeaderMatcher("x-a", m.RegexMatcher(".*,.*")), False, True, False),
+    (m.HeaderMatcher("x-a", None), True, True, True),
+]
+
+
+@pytest.mark.parametrize(("matcher", "twice", "comma", "numbers"), MULTI_CASES)
+def test_repeated_header_matched_value_by_value(
+    matcher: m.HeaderMatcher, twice: bool, comma: bool, numbers: bool
+) -> None:
+    assert matcher.matches(Req({"x-a": ["a", "b"]}), "/") is twice
+    assert matcher.matches(Req({"x-a": "a,b"}), "/") is comma
+    assert matcher.matches(Req({"x-a": ["1", "9"]}), "/") is numbers
+    # Without header_values() the joined value is all a matcher can see.
+    assert matcher.matches(JoinedReq({"x-a": ["a", "b"]}), "/") is comma
 
 
 # --- query parameters: Envoy 1.40's answers -----------------------------------------------------------

@@ -1,0 +1,156 @@
+"""What the connection manager does to every request head before routing: Envoy's
+ConnectionManagerUtility::mutateRequestHeaders, for HTTP/1.
+
+- x-forwarded-for: with `use_remote_address` the peer is appended (a peer on loopback is replaced by
+  this host's own address, Network::Utility::getLocalAddress); without it the header is left alone.
+- x-forwarded-proto: set to the connection's scheme at the edge, kept (or set when absent) inside.
+- Internal or external: Envoy 1.40's internal_address_config is empty by default, so no request is
+  internal.  External requests lose Envoy's control headers (x-envoy-retry-on, ...-rq-timeout-ms,
+  x-envoy-internal, ...) and, at the edge, get x-envoy-external-address = the peer.
+- x-request-id: generated when absent; replaced at the edge unless preserve_external_request_id.
+- Connection-nominated and hop-by-hop headers are dropped (RFC 9110 section 7.6.1); `te` survives as
+  "trailers" when it lists trailers."""
+
+from __future__ import annotations
+
+import fcntl
+import random
+import socket
+import struct
+from functools import cache
+
+from sidecar.http.events import Headers, RequestHead
+from sidecar.model.listener import HttpConnectionManager
+
+# Control headers Envoy strips from external requests (Http::Headers "EnvoyXxx" names that steer it).
+CONTROL_HEADERS = frozenset(
+    {
+        b"x-envoy-internal",
+        b"x-envoy-external-address",
+        b"x-envoy-retry-on",
+        b"x-envoy-retry-grpc-on",
+        b"x-envoy-max-retries",
+        b"x-envoy-retriable-status-codes",
+        b"x-envoy-retriable-header-names",
+        b"x-envoy-upstream-alt-stat-name",
+        b"x-envoy-upstream-rq-timeout-ms",
+        b"x-envoy-upstream-rq-per-try-timeout-ms",
+        b"x-envoy-upstream-rq-timeout-alt-response",
+        b"x-envoy-expected-rq-timeout-ms",
+        b"x-envoy-hedge-on-per-try-timeout",
+        b"x-envoy-is-timeout-retry",
+        b"x-envoy-ip-tags",
+        b"x-envoy-force-trace",
+        b"x-envoy-decorator-operation",
+        b"x-envoy-downstream-service-cluster",
+        b"x-envoy-downstream-service-node",
+        b"x-envoy-upstream-stream-duration-ms",
+    }
+)
+HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te", b"http2-settings"}
+)
+
+_getrandbits = random.getrandbits
+
+
+def new_request_id() -> bytes:
+    """A random (version 4) UUID, as Envoy's UUIDUtils generates for x-request-id."""
+    r = _getrandbits(128)
+    h = b"%032x" % r
+    # version nibble 4, variant bits 10xx (RFC 4122 section 4.4)
+    return b"%s-%s-4%s-%x%s-%s" % (h[0:8], h[8:12], h[13:16], 8 | (r >> 60 & 3), h[17:20], h[20:32])
+
+
+@cache
+def local_address() -> bytes:
+    """The first IPv4 address of the first non-loopback interface (kernel order), or 127.0.0.1:
+    Envoy's Network::Utility::getLocalAddress, which stands in for a loopback peer in XFF."""
+    siocgifaddr = 0x8915
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            try:
+                packed = fcntl.ioctl(s.fileno(), siocgifaddr, struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue
+            addr = socket.inet_ntoa(packed[20:24])
+            if not addr.startswith("127."):
+                return addr.encode()
+    return b"127.0.0.1"
+
+
+def _is_loopback(ip: bytes) -> bool:
+    return ip.startswith(b"127.") or ip == b"::1" or ip.startswith(b"::ffff:127.")
+
+
+def forwardable(headers: Headers) -> tuple[Headers, bool]:
+    """Headers to forward upstream (hop-by-hop and Connection-nominated ones removed) and whether the
+    request body is chunked.  Allocation-free when there is nothing to drop (the common case)."""
+    drop = False
+    for k, _ in headers:
+        if k in HOP_BY_HOP:
+            drop = True
+            break
+    if not drop:
+        return headers, False
+    nominated: set[bytes] = set()
+    chunked = False
+    te_trailers = False
+    for k, v in headers:
+        if k == b"connection":
+            for tok in v.split(b","):
+                tok = tok.strip().lower()
+                if tok and tok not in (b"close", b"keep-alive", b"upgrade"):
+                    nominated.add(tok)
+        elif k == b"transfer-encoding":
+            chunked = True
+        elif k == b"te":
+            for tok in v.split(b","):
+                if tok.split(b";")[0].strip().lower() == b"trailers":
+                    te_trailers = True
+    out: Headers = []
+    for h in headers:
+        k = h[0]
+        if k in HOP_BY_HOP:
+            if k == b"te" and te_trailers:
+                out.append((b"te", b"trailers"))
+                te_trailers = False
+            continue
+        if k in nominated:
+            continue
+        out.append(h)
+    return out, chunked
+
+
+def mutate_request_headers(head: RequestHead, cfg: HttpConnectionManager, peer_ip: bytes) -> bytes:
+    """Apply the edge rules above to `head`; returns the request id (b"" when ids are off)."""
+    headers = head.headers
+    # Every request is external (see module doc): Envoy's control headers go.
+    for k, _ in headers:
+        if k in CONTROL_HEADERS:
+            headers = head.headers = [h for h in headers if h[0] not in CONTROL_HEADERS]
+            break
+    edge = cfg.use_remote_address
+    if edge:
+        if not cfg.skip_xff_append:
+            appended = local_address() if _is_loopback(peer_ip) else peer_ip
+            xff = head.get(b"x-forwarded-for")
+            if xff is None:
+                headers.append((b"x-forwarded-for", appended))
+            else:
+                head.set(b"x-forwarded-for", xff + b"," + appended)
+        head.set(b"x-forwarded-proto", head.scheme)
+        headers = head.headers
+        headers.append((b"x-envoy-external-address", peer_ip))
+    elif head.get(b"x-forwarded-proto") is None:
+        headers.append((b"x-forwarded-proto", head.scheme))
+    if not cfg.generate_request_id:
+        return head.get(b"x-request-id") or b""
+    rid = head.get(b"x-request-id")
+    if rid is None:
+        rid = new_request_id()
+        head.headers.append((b"x-request-id", rid))
+    elif edge and not cfg.preserve_external_request_id:
+        rid = new_request_id()
+        head.set(b"x-request-id", rid)
+    return rid
