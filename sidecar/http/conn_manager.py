@@ -8,7 +8,6 @@ done.  Local replies come from http/local_reply.py; this module only decides whe
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 from sidecar.http import date, local_reply
@@ -16,7 +15,12 @@ from sidecar.http.codec_h1 import LAST_CHUNK, encode_chunk, encode_response_head
 from sidecar.http.edge import mutate_request_headers
 from sidecar.http.events import Headers, RequestHead
 from sidecar.http.filters.base import STOP
-from sidecar.model.listener import HttpConnectionManager, ServerHeaderTransformation
+from sidecar.http.timeouts import Timeouts
+from sidecar.model.listener import (
+    HeadersWithUnderscoresAction,
+    HttpConnectionManager,
+    ServerHeaderTransformation,
+)
 from sidecar.model.route import Route, VirtualHost
 from sidecar.observe.stats import Stats
 
@@ -77,11 +81,14 @@ class HcmRuntime:
         "has_mutations",
         "loop",
         "max_header_bytes",
+        "max_headers_count",
         "route_config",
         "server",
         "server_mode",
         "stats",
         "table",
+        "timeouts",
+        "underscores",
     )
 
     def __init__(
@@ -92,6 +99,7 @@ class HcmRuntime:
         loop: Any,
         filter_factories: tuple[Any, ...],
         buffer_limit: int,
+        timeouts: Timeouts | None = None,
     ) -> None:
         self.cfg = cfg
         self.cluster_manager = cluster_manager
@@ -102,8 +110,13 @@ class HcmRuntime:
         self.server = cfg.server_name.encode()
         self.server_mode = cfg.server_header_transformation
         self.max_header_bytes = cfg.max_request_headers_kb * 1024
+        self.max_headers_count = cfg.max_headers_count
+        # None when headers with underscores are simply allowed (the default): one test per header.
+        u = cfg.headers_with_underscores_action
+        self.underscores = None if u is HeadersWithUnderscoresAction.ALLOW else u
         self.filter_factories = filter_factories
         self.buffer_limit = buffer_limit
+        self.timeouts = timeouts if timeouts is not None else Timeouts(loop)
         rc = cfg.route_config
         # Skip header-mutation work entirely when no level of this route config has any.
         self.has_mutations = not rc.mutations.empty or any(
@@ -134,7 +147,6 @@ class Stream:
         "rt",
         "started",
         "status",
-        "t0",
         "vhost",
     )
 
@@ -156,14 +168,12 @@ class Stream:
         self.body_expected = False  # set by the codec: content-length > 0 or chunked
         self.refuse = 0  # set by the codec: a status the connection manager must answer with
         self.status = 0
-        self.t0 = 0.0
         self.request_id = b""
 
     # -- request side ---------------------------------------------------------------------------
     def start(self) -> None:
         """Run the request head through the filter chain (the stream is first in line)."""
         self.started = True
-        self.t0 = time.monotonic()
         rt = self.rt
         st = rt.stats
         st.downstream_rq_total.inc()

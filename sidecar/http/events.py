@@ -63,6 +63,13 @@ class RequestHead:
             return None
         return b",".join(found).decode("latin-1")
 
+    def header_values(self, name: str) -> list[str] | None:
+        """routing.matchers.MultiValueRequestView: the values of a repeated header one by one
+        (Envoy 1.40 matches them value by value).  Only asked when header() holds a ','."""
+        key = name.encode("latin-1")
+        found = [v.decode("latin-1") for k, v in self.headers if k == key]
+        return found or None
+
     def remove(self, name: bytes) -> None:
         self.headers = [h for h in self.headers if h[0] != name]
 

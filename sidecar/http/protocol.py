@@ -13,12 +13,22 @@ from collections import deque
 import httptools
 
 from sidecar.http import local_reply
-from sidecar.http.codec_h1 import valid_header_name
 from sidecar.http.conn_manager import HcmRuntime, Stream
 from sidecar.http.events import Headers, RequestHead
 from sidecar.model.listener import HeadersWithUnderscoresAction, ServerHeaderTransformation
 
 _CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _EXPECT, _UPGRADE = range(5)
+# Headers the codec must look at; every other header is appended as it comes.
+_SPECIAL = {
+    b"host": _HOST,
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"expect": _EXPECT,
+    b"upgrade": _UPGRADE,
+}
 
 
 class _CodecError(Exception):
@@ -212,36 +222,38 @@ class Http1ServerConnection(asyncio.Protocol):
         self._header_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value)
-        self._nheaders += 1
+        # llhttp (strict) has already refused bad field-name tokens and CR/LF/NUL in values.
+        size = self._header_bytes + len(name) + len(value)
+        self._header_bytes = size
+        count = self._nheaders + 1
+        self._nheaders = count
         rt = self.rt
-        if self._header_bytes > rt.max_header_bytes or self._nheaders > rt.cfg.max_headers_count:
+        if size > rt.max_header_bytes or count > rt.max_headers_count:
             raise _CodecError(431, local_reply.HEADERS_TOO_LARGE)
         name = name.lower()
-        if name == b"host":
-            if self._authority:
-                raise _CodecError(400, local_reply.BAD_REQUEST)
-            self._authority = value
-            return
-        if b"_" in name:
-            act = rt.cfg.headers_with_underscores_action
-            if act is HeadersWithUnderscoresAction.REJECT_REQUEST:
-                raise _CodecError(400, local_reply.BAD_REQUEST)
-            if act is HeadersWithUnderscoresAction.DROP_HEADER:
+        special = _SPECIAL.get(name)
+        if special is not None:
+            if special == _HOST:
+                if self._authority:
+                    raise _CodecError(400, local_reply.BAD_REQUEST)  # RFC 9112 section 3.2
+                self._authority = value
                 return
-        if name == b"content-length":
-            self._cl_count += 1
-            self._cl_zero = value.strip() == b"0"
-        elif name == b"transfer-encoding":
-            self._te = True
-        elif name == b"expect" and value.lower() == b"100-continue":
-            # Envoy answers 100-continue itself and does not forward the expectation.
-            self._expect = True
-            return
-        elif name == b"upgrade":
-            self._upgrade = value
-        if not valid_header_name(name):
-            raise _CodecError(400, local_reply.BAD_REQUEST)
+            if special == _CONTENT_LENGTH:
+                self._cl_count += 1
+                self._cl_zero = value.strip() == b"0"
+            elif special == _TRANSFER_ENCODING:
+                self._te = True
+            elif special == _EXPECT:
+                if value.lower() == b"100-continue":
+                    # Envoy answers 100-continue itself and does not forward the expectation.
+                    self._expect = True
+                    return
+            else:
+                self._upgrade = value
+        if rt.underscores is not None and b"_" in name:
+            if rt.underscores is HeadersWithUnderscoresAction.REJECT_REQUEST:
+                raise _CodecError(400, local_reply.BAD_REQUEST)
+            return  # DROP_HEADER
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:

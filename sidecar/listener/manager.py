@@ -15,6 +15,7 @@ from typing import Any
 from sidecar.http.conn_manager import HcmRuntime
 from sidecar.http.filters.router import Router
 from sidecar.http.protocol import Http1ServerConnection
+from sidecar.http.timeouts import Timeouts
 from sidecar.l4.tcp_proxy import TcpProxyConnection, TcpProxyRuntime
 from sidecar.model.listener import HttpConnectionManager, Listener, TcpProxy
 from sidecar.observe.stats import Stats
@@ -73,6 +74,7 @@ class ListenerManager:
         self.stats = stats
         self.active: list[ActiveListener] = []
         self.draining = False
+        self.timeouts = Timeouts(loop)  # route timeouts of every HTTP listener of this worker
 
     def _factory(self, listener: Listener, conns: _Connections) -> Callable[[], asyncio.Protocol]:
         chain = listener.chain()
@@ -80,7 +82,7 @@ class ListenerManager:
         terminal = chain.filters[-1]
         limit = listener.per_connection_buffer_limit_bytes
         if isinstance(terminal, HttpConnectionManager):
-            rt = HcmRuntime(terminal, self.cm, self.stats, self.loop, (Router,), limit)
+            rt = HcmRuntime(terminal, self.cm, self.stats, self.loop, (Router,), limit, self.timeouts)
             return lambda: Http1ServerConnection(rt, conns)
         assert isinstance(terminal, TcpProxy)
         trt = TcpProxyRuntime(terminal, self.cm, self.stats, self.loop, limit)

@@ -123,7 +123,7 @@ class Router(PassThrough):
         # Rewrites (Envoy's finalizeRequestHeaders): path, then host, then header mutations.
         path = head.path
         if action.prefix_rewrite or action.regex_rewrite is not None:
-            rewritten = rewrite.rewrite_path(route, action, path.decode("latin-1"))
+            rewritten = rewrite.rewritten_path(route, action, path.decode("latin-1"))
             if rewritten is not None:
                 new_path = rewritten.encode("latin-1")
                 head.set(b"x-envoy-original-path", path)
@@ -195,7 +195,7 @@ class Router(PassThrough):
         if self.timeout > 0 and self.timer is None:
             stream = self.stream
             assert stream is not None
-            self.timer = stream.rt.loop.call_later(self.timeout, self._on_timeout)
+            self.timer = stream.rt.timeouts.add(self.timeout, self._on_timeout)
 
     # -- upstream events (pools/http1.UpstreamHandler) ------------------------------------------------
     def on_upstream_ready(self, conn: Http1UpstreamConnection) -> None:
