@@ -33,41 +33,58 @@ def _weights_mutate(route: Route) -> bool:
     return any(not w.mutations.empty for w in ws)
 
 
+_HCM_COUNTERS = (
+    "downstream_cx_destroy",
+    "downstream_cx_http1_total",
+    "downstream_cx_idle_timeout",
+    "downstream_cx_protocol_error",
+    "downstream_cx_total",
+    "downstream_rq_1xx",
+    "downstream_rq_2xx",
+    "downstream_rq_3xx",
+    "downstream_rq_4xx",
+    "downstream_rq_5xx",
+    "downstream_rq_completed",
+    "downstream_rq_http1_total",
+    "downstream_rq_idle_timeout",
+    "downstream_rq_rx_reset",
+    "downstream_rq_timeout",
+    "downstream_rq_too_large",
+    "downstream_rq_total",
+    "downstream_rq_tx_reset",
+    "downstream_rq_ws_on_non_ws_route",
+    "no_cluster",
+    "no_route",
+    "rq_direct_response",
+    "rq_redirect",
+    "rq_total",
+)
+_HCM_GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_rq_active")
+
+
 class HcmStats:
-    __slots__ = (
-        "by_class",
-        "downstream_cx_active",
-        "downstream_cx_destroy",
-        "downstream_cx_http1_active",
-        "downstream_cx_http1_total",
-        "downstream_cx_idle_timeout",
-        "downstream_cx_protocol_error",
-        "downstream_cx_total",
-        "downstream_rq_active",
-        "downstream_rq_completed",
-        "downstream_rq_http1_total",
-        "downstream_rq_idle_timeout",
-        "downstream_rq_rx_reset",
-        "downstream_rq_timeout",
-        "downstream_rq_too_large",
-        "downstream_rq_total",
-        "downstream_rq_tx_reset",
-        "downstream_rq_ws_on_non_ws_route",
-        "no_cluster",
-        "no_route",
-        "rq_direct_response",
-        "rq_redirect",
-        "rq_total",
-    )
+    """`http.<stat_prefix>.*` for one connection manager, as plain ints (observe/stats.py block)."""
+
+    __slots__ = (*_HCM_COUNTERS, *_HCM_GAUGES)
 
     def __init__(self, stats: Stats, prefix: str) -> None:
-        p = f"http.{prefix}."
         for attr in self.__slots__:
-            if attr == "by_class":
-                continue
-            maker = stats.gauge if attr.endswith("_active") else stats.counter
-            setattr(self, attr, maker(p + attr))
-        self.by_class = tuple(stats.counter(f"{p}downstream_rq_{c}xx") for c in range(1, 6))
+            setattr(self, attr, 0)
+        stats.block(self, f"http.{prefix}.", _HCM_COUNTERS, _HCM_GAUGES)
+
+    def response(self, status: int) -> None:
+        self.downstream_rq_completed += 1
+        k = status // 100
+        if k == 2:
+            self.downstream_rq_2xx += 1
+        elif k == 5:
+            self.downstream_rq_5xx += 1
+        elif k == 4:
+            self.downstream_rq_4xx += 1
+        elif k == 3:
+            self.downstream_rq_3xx += 1
+        elif k == 1:
+            self.downstream_rq_1xx += 1
 
 
 class HcmRuntime:
@@ -176,9 +193,9 @@ class Stream:
         self.started = True
         rt = self.rt
         st = rt.stats
-        st.downstream_rq_total.inc()
-        st.downstream_rq_http1_total.inc()
-        st.downstream_rq_active.inc()
+        st.downstream_rq_total += 1
+        st.downstream_rq_http1_total += 1
+        st.downstream_rq_active += 1
         head = self.head
         cfg = rt.cfg
         if head.version == b"1.0" and not cfg.accept_http_10:
@@ -312,7 +329,7 @@ class Stream:
         """Answer from the proxy itself (Envoy's sendLocalReply); ends the filter chain."""
         if self.resp_started:
             # Too late for a reply: reset the downstream (Envoy resets the stream).
-            self.rt.stats.downstream_rq_tx_reset.inc()
+            self.rt.stats.downstream_rq_tx_reset += 1
             self.conn.abort()
             self._response_complete()
             return
@@ -340,17 +357,17 @@ class Stream:
             return
         self.resp_done = True
         st = self.rt.stats
-        st.downstream_rq_active.dec()
-        st.downstream_rq_completed.inc()
-        k = self.status // 100
-        if 1 <= k <= 5:
-            st.by_class[k - 1].inc()
+        st.downstream_rq_active -= 1
+        st.response(self.status)
         if self.req_done or self.close_after:
             self._finish()
 
     def _finish(self) -> None:
         for f in self.filters:
             f.on_destroy(self)
+        # Filters point back at the stream: drop them so refcounting frees both at once instead of
+        # leaving a cycle for the garbage collector (one per request adds up).
+        self.filters = ()
         self.conn.stream_done(self)
 
     def reset(self) -> None:
@@ -358,8 +375,8 @@ class Stream:
         if not self.resp_done:
             self.resp_done = True
             st = self.rt.stats
-            st.downstream_rq_active.dec()
-            st.downstream_rq_rx_reset.inc()
+            st.downstream_rq_active -= 1
+            st.downstream_rq_rx_reset += 1
         for f in self.filters:
             f.on_destroy(self)
         self.filters = ()

@@ -115,10 +115,10 @@ class Http1ServerConnection(asyncio.Protocol):
             self.local_ip = str(local[0]).encode()
             self.local_addr = b"%s:%d" % (self.local_ip, local[1])
         st = self.rt.stats
-        st.downstream_cx_total.inc()
-        st.downstream_cx_active.inc()
-        st.downstream_cx_http1_total.inc()
-        st.downstream_cx_http1_active.inc()
+        st.downstream_cx_total += 1
+        st.downstream_cx_active += 1
+        st.downstream_cx_http1_total += 1
+        st.downstream_cx_http1_active += 1
         if self.owner is not None:
             self.owner.add(self)  # type: ignore[attr-defined]
         self._arm_idle()
@@ -131,9 +131,9 @@ class Http1ServerConnection(asyncio.Protocol):
             self.idle_timer.cancel()
             self.idle_timer = None
         st = self.rt.stats
-        st.downstream_cx_active.dec()
-        st.downstream_cx_http1_active.dec()
-        st.downstream_cx_destroy.inc()
+        st.downstream_cx_active -= 1
+        st.downstream_cx_http1_active -= 1
+        st.downstream_cx_destroy += 1
         if self.owner is not None:
             self.owner.discard(self)  # type: ignore[attr-defined]
         s = self.active
@@ -406,12 +406,12 @@ class Http1ServerConnection(asyncio.Protocol):
         if left > 0.001:
             self.idle_timer = loop.call_later(left, self._on_idle)
             return
-        self.rt.stats.downstream_cx_idle_timeout.inc()
+        self.rt.stats.downstream_cx_idle_timeout += 1
         self.close()
 
     def _codec_error(self, err: _CodecError) -> None:
         """Envoy's codec-level error: the local reply (when nothing was sent yet) and a close."""
-        self.rt.stats.downstream_cx_protocol_error.inc()
+        self.rt.stats.downstream_cx_protocol_error += 1
         s = self.parsing if self.parsing is not None else self.active
         if s is not None and s is self.active and s.started:
             s.close_after = True
@@ -423,7 +423,7 @@ class Http1ServerConnection(asyncio.Protocol):
             rt = self.rt
             server = rt.server if rt.server_mode is not ServerHeaderTransformation.PASS_THROUGH else None
             self.write(local_reply.encode(err.status, err.body, server, close=True))
-            rt.stats.by_class[err.status // 100 - 1].inc()
+            rt.stats.response(err.status)
         self.close()
         self.closed_for_error()
 

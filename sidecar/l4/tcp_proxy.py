@@ -30,10 +30,11 @@ class TcpProxyStats:
     )
 
     def __init__(self, stats: Stats, prefix: str) -> None:
-        p = f"tcp.{prefix}."
         for attr in self.__slots__:
-            maker = stats.gauge if attr.endswith("_active") else stats.counter
-            setattr(self, attr, maker(p + attr))
+            setattr(self, attr, 0)
+        counters = [a for a in self.__slots__ if not a.endswith("_active")]
+        gauges = [a for a in self.__slots__ if a.endswith("_active")]
+        stats.block(self, f"tcp.{prefix}.", counters, gauges)
 
 
 class TcpProxyRuntime:
@@ -116,7 +117,7 @@ class TcpProxyConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
         rt = self.rt
         transport.set_write_buffer_limits(high=rt.buffer_limit, low=rt.buffer_limit // 2)
-        rt.stats.downstream_cx_total.inc()
+        rt.stats.downstream_cx_total += 1
         if self.owner is not None:
             self.owner.add(self)  # type: ignore[attr-defined]
         cfg = rt.cfg
@@ -124,9 +125,9 @@ class TcpProxyConnection(asyncio.Protocol):
         cluster = rt.cluster_manager.get(name)
         host = cluster.pick() if cluster is not None else None
         if cluster is None or host is None:
-            rt.stats.downstream_cx_no_route.inc()
+            rt.stats.downstream_cx_no_route += 1
             if cluster is not None:
-                cluster.stats.upstream_cx_none_healthy.inc()
+                cluster.stats.upstream_cx_none_healthy += 1
             transport.close()
             return
         self.host = host
@@ -139,7 +140,7 @@ class TcpProxyConnection(asyncio.Protocol):
     async def _connect(self, host: Host) -> None:
         rt = self.rt
         cluster = host.cluster
-        cluster.stats.upstream_cx_total.inc()
+        cluster.stats.upstream_cx_total += 1
         addr = host.address
         up = _Upstream(self)
         timeout = cluster.config.connect_timeout or None
@@ -150,16 +151,16 @@ class TcpProxyConnection(asyncio.Protocol):
                 coro = rt.loop.create_connection(lambda: up, addr.host, addr.port)
             await asyncio.wait_for(coro, timeout)
         except (TimeoutError, OSError):
-            cluster.stats.upstream_cx_connect_fail.inc()
-            host.cx_connect_fail.inc()
+            cluster.stats.upstream_cx_connect_fail += 1
+            host.cx_connect_fail += 1
             self.close()
             return
         if self.closed:
             assert up.transport is not None
             up.transport.close()
             return
-        cluster.stats.upstream_cx_active.inc()
-        host.cx_active.inc()
+        cluster.stats.upstream_cx_active += 1
+        host.cx_active += 1
         self.up = up
         buf = self.buffer
         self.buffer = None
@@ -171,7 +172,7 @@ class TcpProxyConnection(asyncio.Protocol):
         self.resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        self.rt.stats.downstream_cx_rx_bytes_total.inc(len(data))
+        self.rt.stats.downstream_cx_rx_bytes_total += len(data)
         self.last = self.rt.loop.time()
         up = self.up
         if up is not None and up.transport is not None:
@@ -218,7 +219,7 @@ class TcpProxyConnection(asyncio.Protocol):
 
     # -- from the upstream ------------------------------------------------------------------------
     def from_upstream(self, data: bytes) -> None:
-        self.rt.stats.downstream_cx_tx_bytes_total.inc(len(data))
+        self.rt.stats.downstream_cx_tx_bytes_total += len(data)
         self.last = self.rt.loop.time()
         t = self.transport
         if t is not None and not self.closed:
@@ -235,9 +236,9 @@ class TcpProxyConnection(asyncio.Protocol):
     def upstream_lost(self) -> None:
         host = self.host
         if host is not None and self.up is not None:
-            host.cluster.stats.upstream_cx_active.dec()
-            host.cx_active.dec()
-            host.cluster.stats.upstream_cx_destroy.inc()
+            host.cluster.stats.upstream_cx_active -= 1
+            host.cx_active -= 1
+            host.cluster.stats.upstream_cx_destroy += 1
         self.up = None
         self.close()
 
@@ -270,7 +271,7 @@ class TcpProxyConnection(asyncio.Protocol):
         if left > 0:
             self.idle_timer = rt.loop.call_later(left, self._check_idle)
             return
-        rt.stats.idle_timeout.inc()
+        rt.stats.idle_timeout += 1
         self.close()
         up = self.up
         if up is not None and up.transport is not None:

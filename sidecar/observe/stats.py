@@ -6,14 +6,19 @@ increments its own row, the admin server sums the rows at scrape time.  This is 
 per-worker counters gathered at scrape time" of DEPENDENCIES.md, without prometheus-client's
 multiprocess mode.
 
-Hot path use:  `stats.counter("http.ingress.downstream_rq_total")` returns a `Counter` whose
-`inc()` is one indexed add on a memoryview."""
+Two ways to count:
+- `stats.counter(name)` / `stats.gauge(name)`: a handle whose `inc()` is one indexed add on the
+  shared memoryview.  For anything not on the per-request path.
+- `stats.block(obj, prefix, counters, gauges)`: the per-request path keeps plain `int` attributes on
+  its own slotted object (`st.downstream_rq_total += 1`, no call at all) and `flush()` copies them
+  into this worker's row.  Each worker flushes on a short timer; `items()`/`value()` flush the calling
+  process first, so a single-process sidecar's admin always reads exact values."""
 
 from __future__ import annotations
 
 import mmap
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 _SLOT = 8
 
@@ -58,6 +63,9 @@ class Stats:
         self._handles: dict[str, Counter] = {}
         self._row = 0
         self._lock = threading.Lock()
+        # (object, ((attribute, slot), ...)) for plain-int stat blocks; plus custom flush hooks.
+        self._blocks: list[tuple[object, tuple[tuple[str, int], ...]]] = []
+        self._hooks: list[Callable[[memoryview], None]] = []
 
     # -- set-up ----------------------------------------------------------------------------------
     def select_worker(self, row: int) -> None:
@@ -98,16 +106,53 @@ class Stats:
         assert isinstance(h, Gauge)
         return h
 
+    def block(self, obj: object, prefix: str, counters: Iterable[str], gauges: Iterable[str] = ()) -> None:
+        """Register `obj`'s int attributes as the stats `prefix + attr` (see the module doc)."""
+        pairs = []
+        for attr in counters:
+            pairs.append((attr, self._slot(prefix + attr, "counter")))
+        for attr in gauges:
+            pairs.append((attr, self._slot(prefix + attr, "gauge")))
+        self._blocks.append((obj, tuple(pairs)))
+
+    def hook(self, fn: Callable[[memoryview], None]) -> None:
+        """`fn(row)` runs at every flush (for values kept in lists or dicts)."""
+        self._hooks.append(fn)
+
+    def slot(self, name: str, kind: str = "counter") -> int:
+        """The index of `name` in a row (for flush hooks)."""
+        return self._slot(name, kind)
+
+    def flush(self) -> None:
+        row = self._row_view()
+        for obj, pairs in self._blocks:
+            for attr, i in pairs:
+                row[i] = getattr(obj, attr)
+        for fn in self._hooks:
+            fn(row)
+
+    def forget(self, obj: object) -> None:
+        """Stop flushing `obj` (its config went away); its last values stay in the row."""
+        self._blocks = [b for b in self._blocks if b[0] is not obj]
+
     # -- reading (admin) ---------------------------------------------------------------------------
     def value(self, name: str) -> int:
+        self.flush()
+        return self._sum(name)
+
+    def _sum(self, name: str) -> int:
         i = self._index[name]
         return sum(self._all[w * self.max_slots + i] for w in range(self.workers))
 
     def items(self) -> Iterator[tuple[str, str, int]]:
         """(name, kind, value summed over workers), sorted by name as Envoy prints them."""
-        for name in sorted(self._index):
-            yield name, self._kinds[name], self.value(name)
+        self.flush()
+        rows = [self._all[w * self.max_slots : (w + 1) * self.max_slots] for w in range(self.workers)]
+        index = self._index
+        for name in sorted(index):
+            i = index[name]
+            yield name, self._kinds[name], sum(r[i] for r in rows)
 
     def used(self, name: str) -> bool:
         """Envoy's `usedonly`: a counter that was ever incremented / a gauge ever set."""
-        return self.value(name) != 0
+        return self._sum(name) != 0

@@ -27,62 +27,60 @@ log = logging.getLogger("sidecar.upstream")
 TRACKED_CODES = (200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 408, 413, 429, 431, 500, 502, 503, 504)
 
 
-class LocalCounter:
-    """A per-worker number (per-host stats shown by /clusters)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def inc(self, n: int = 1) -> None:
-        self.value += n
-
-    def dec(self, n: int = 1) -> None:
-        self.value -= n
+_CLUSTER_COUNTERS = (
+    "upstream_cx_connect_fail",
+    "upstream_cx_destroy",
+    "upstream_cx_destroy_local_with_active_rq",
+    "upstream_cx_destroy_remote_with_active_rq",
+    "upstream_cx_none_healthy",
+    "upstream_cx_rx_bytes_total",
+    "upstream_cx_total",
+    "upstream_cx_tx_bytes_total",
+    "upstream_rq_completed",
+    "upstream_rq_per_try_timeout",
+    "upstream_rq_rx_reset",
+    "upstream_rq_timeout",
+    "upstream_rq_total",
+    "upstream_rq_tx_reset",
+)
+_CLUSTER_GAUGES = ("membership_healthy", "membership_total", "upstream_cx_active", "upstream_rq_active")
 
 
 class ClusterStats:
-    __slots__ = (
-        "by_class",
-        "by_code",
-        "membership_healthy",
-        "membership_total",
-        "upstream_cx_active",
-        "upstream_cx_connect_fail",
-        "upstream_cx_destroy",
-        "upstream_cx_destroy_local_with_active_rq",
-        "upstream_cx_destroy_remote_with_active_rq",
-        "upstream_cx_none_healthy",
-        "upstream_cx_rx_bytes_total",
-        "upstream_cx_total",
-        "upstream_cx_tx_bytes_total",
-        "upstream_rq_active",
-        "upstream_rq_completed",
-        "upstream_rq_per_try_timeout",
-        "upstream_rq_rx_reset",
-        "upstream_rq_timeout",
-        "upstream_rq_total",
-        "upstream_rq_tx_reset",
-    )
+    """`cluster.<name>.*` of one cluster in this worker, as plain ints (observe/stats.py block).
+    Response codes are counted in `codes` (status -> count) and flushed into the class totals
+    (upstream_rq_2xx ...) and the TRACKED_CODES counters (upstream_rq_200 ...)."""
+
+    __slots__ = (*_CLUSTER_COUNTERS, *_CLUSTER_GAUGES, "codes")
 
     def __init__(self, stats: Stats, name: str) -> None:
+        for attr in _CLUSTER_COUNTERS + _CLUSTER_GAUGES:
+            setattr(self, attr, 0)
+        self.codes: dict[int, int] = {}
         p = f"cluster.{name}."
-        for attr in self.__slots__:
-            if attr.startswith("upstream_") or attr.startswith("membership_"):
-                maker = stats.gauge if attr.endswith("_active") or attr.startswith("membership_") else stats.counter
-                setattr(self, attr, maker(p + attr))
-        self.by_class = tuple(stats.counter(f"{p}upstream_rq_{c}xx") for c in range(1, 6))
-        self.by_code = {code: stats.counter(f"{p}upstream_rq_{code}") for code in TRACKED_CODES}
+        stats.block(self, p, _CLUSTER_COUNTERS, _CLUSTER_GAUGES)
+        by_class = [stats.slot(f"{p}upstream_rq_{c}xx") for c in range(1, 6)]
+        by_code = {code: stats.slot(f"{p}upstream_rq_{code}") for code in TRACKED_CODES}
+        codes = self.codes
+
+        def flush(row: memoryview) -> None:
+            totals = [0, 0, 0, 0, 0]
+            for code, n in codes.items():
+                k = code // 100
+                if 1 <= k <= 5:
+                    totals[k - 1] += n
+                i = by_code.get(code)
+                if i is not None:
+                    row[i] = n
+            for i, n in zip(by_class, totals, strict=True):
+                row[i] = n
+
+        stats.hook(flush)
 
     def response(self, status: int) -> None:
-        self.upstream_rq_completed.inc()
-        c = self.by_code.get(status)
-        if c is not None:
-            c.inc()
-        k = status // 100
-        if 1 <= k <= 5:
-            self.by_class[k - 1].inc()
+        self.upstream_rq_completed += 1
+        codes = self.codes
+        codes[status] = codes.get(status, 0) + 1
 
 
 class Host:
@@ -112,8 +110,9 @@ class Host:
         self.weight = endpoint.weight
         self.hostname = endpoint.hostname
         self.healthy = endpoint.healthy
-        for attr in ("cx_active", "cx_connect_fail", "rq_active", "rq_error", "rq_success", "rq_timeout", "rq_total"):
-            setattr(self, attr, LocalCounter())
+        # Per-host numbers for /clusters (this worker's): plain ints.
+        self.cx_active = self.cx_connect_fail = self.rq_active = self.rq_error = 0
+        self.rq_success = self.rq_timeout = self.rq_total = 0
         self.pool = Http1Pool(self, loop)
 
 
@@ -149,8 +148,8 @@ class ClusterState:
             gone.pool.close()
         self.hosts = tuple(hosts)
         self.healthy_hosts = tuple(h for h in hosts if h.healthy)
-        self.stats.membership_total.set(len(self.hosts))
-        self.stats.membership_healthy.set(len(self.healthy_hosts))
+        self.stats.membership_total = len(self.hosts)
+        self.stats.membership_healthy = len(self.healthy_hosts)
         weights = tuple(h.weight for h in self.healthy_hosts)
         if not weights:
             self._lb = None

@@ -68,7 +68,7 @@ class Router(PassThrough):
         rt = stream.rt
         route = stream.route
         if route is None:
-            rt.stats.no_route.inc()
+            rt.stats.no_route += 1
             stream.local_reply(404, None)
             return STOP
         action = route.action
@@ -76,14 +76,14 @@ class Router(PassThrough):
         if t is not RouteAction:
             if t is DirectResponseAction:
                 assert isinstance(action, DirectResponseAction)
-                rt.stats.rq_direct_response.inc()
+                rt.stats.rq_direct_response += 1
                 extra: Headers = []
                 apply_response_mutations(extra, stream, None)
                 stream.local_reply(action.status, action.body, extra or None)
                 return STOP
             assert isinstance(action, RedirectAction)
             # Envoy counts redirects under rq_direct_response too (rq_redirect stays 0).
-            rt.stats.rq_direct_response.inc()
+            rt.stats.rq_direct_response += 1
             xfp = head.get(b"x-forwarded-proto")
             location = rewrite.redirect_location(
                 action,
@@ -110,13 +110,13 @@ class Router(PassThrough):
         self.weight = cw
         cluster = rt.cluster_manager.get(name)
         if cluster is None:
-            rt.stats.no_cluster.inc()
+            rt.stats.no_cluster += 1
             stream.local_reply(action.cluster_not_found_response_code, None)
             return STOP
         self.cluster = cluster
         host = cluster.pick()
         if host is None:
-            cluster.stats.upstream_cx_none_healthy.inc()
+            cluster.stats.upstream_cx_none_healthy += 1
             self._reply(503, local_reply.NO_HEALTHY_UPSTREAM)
             return STOP
         self.host = host
@@ -157,10 +157,10 @@ class Router(PassThrough):
             out = [*out, (b"transfer-encoding", b"chunked")]
         self.body_chunked = chunked
         self.pending = [encode_request_head(head.method, head.path, head.authority, out)]
-        cluster.stats.upstream_rq_total.inc()
-        cluster.stats.upstream_rq_active.inc()
-        host.rq_total.inc()
-        host.rq_active.inc()
+        cluster.stats.upstream_rq_total += 1
+        cluster.stats.upstream_rq_active += 1
+        host.rq_total += 1
+        host.rq_active += 1
         if end:
             self._request_complete()
         host.pool.acquire(self)
@@ -222,12 +222,12 @@ class Router(PassThrough):
         stream = self.stream
         assert stream is not None and self.host is not None and self.cluster is not None
         self.conn = None
-        self.host.rq_error.inc()
+        self.host.rq_error += 1
         if stream.resp_started:
             self._cleanup()
             stream.local_reply(503, None)  # resets the downstream
             return
-        self.cluster.stats.upstream_rq_rx_reset.inc()
+        self.cluster.stats.upstream_rq_rx_reset += 1
         # Envoy: an unparseable upstream response is 502 (protocol error), other resets 503.
         status = 502 if reason == local_reply.RESET_PROTOCOL_ERROR else 503
         self._reply(status, local_reply.UPSTREAM_RESET_PREFIX + reason)
@@ -258,7 +258,7 @@ class Router(PassThrough):
             return
         self.conn = None
         assert self.host is not None
-        self.host.rq_success.inc()
+        self.host.rq_success += 1
         self._cleanup()
         stream.send_body(b"", True)
 
@@ -291,9 +291,9 @@ class Router(PassThrough):
             return
         stream = self.stream
         assert stream is not None and self.cluster is not None
-        self.cluster.stats.upstream_rq_timeout.inc()
+        self.cluster.stats.upstream_rq_timeout += 1
         if self.host is not None:
-            self.host.rq_timeout.inc()
+            self.host.rq_timeout += 1
         conn = self.conn
         self.conn = None
         if conn is not None:
@@ -322,19 +322,22 @@ class Router(PassThrough):
             self.timer.cancel()
             self.timer = None
         if self.cluster is not None and self.host is not None:
-            self.cluster.stats.upstream_rq_active.dec()
-            self.host.rq_active.dec()
+            self.cluster.stats.upstream_rq_active -= 1
+            self.host.rq_active -= 1
 
     def on_destroy(self, stream: Stream) -> None:
         if not self.done:
             # The downstream went away mid-request: reset the upstream request.
             self._cleanup()
             if self.cluster is not None:
-                self.cluster.stats.upstream_rq_tx_reset.inc()
+                self.cluster.stats.upstream_rq_tx_reset += 1
             conn = self.conn
             self.conn = None
             if conn is not None:
                 conn.detach()
         if self.paused_downstream:
             self.paused_downstream = False
+            stream.conn.resume_reading()
+        self.stream = None  # break the stream <-> filter cycle (see Stream._finish)
+        self.downstream = None
 

@@ -71,13 +71,13 @@ class Http1UpstreamConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
         limit = self.pool.buffer_limit
         transport.set_write_buffer_limits(high=limit, low=limit // 2)
-        self.host.cx_active.inc()
+        self.host.cx_active += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed:
             self.closed = True
-            self.host.cx_active.dec()
-            self.pool.cx_destroy.inc()
+            self.host.cx_active -= 1
+            self.pool.cx_destroy += 1
         self.pool.discard(self)
         h = self.handler
         if h is not None:
@@ -253,7 +253,7 @@ class Http1Pool:
 
     async def _connect(self, handler: UpstreamHandler) -> None:
         conn = Http1UpstreamConnection(self)
-        self.cx_total.inc()
+        self.cx_total += 1
         addr = self.host.address
         try:
             if addr.pipe:
@@ -265,8 +265,8 @@ class Http1Pool:
             else:
                 await coro
         except (TimeoutError, OSError) as exc:
-            self.cx_connect_fail.inc()
-            self.host.cx_connect_fail.inc()
+            self.cx_connect_fail += 1
+            self.host.cx_connect_fail += 1
             handler.on_upstream_failure(_connect_failure_reason(exc))
             return
         conn.handler = handler

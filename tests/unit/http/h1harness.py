@@ -297,15 +297,12 @@ class RecordingConnection(Http1ServerConnection):
 
     def __init__(self, rt: HcmRuntime) -> None:
         self.methods: list[bytes] = []
-        self.expects: list[bool] = []
         self.completed = 0
         super().__init__(rt)
 
     def on_headers_complete(self) -> None:
-        expect = self._expect
-        super().on_headers_complete()
+        super().on_headers_complete()  # a refused head raises: only accepted heads are noted
         self.methods.append(self.parser.get_method())
-        self.expects.append(expect)
 
     def on_message_complete(self) -> None:
         if self.parsing is not None:
