@@ -109,6 +109,25 @@ class RouteAction:
     # Envoy's default route timeout is 15 s; 0 disables it.
     timeout: float = 15.0
     idle_timeout: float = 0.0
+    # Derived once here so the router reads one flag per request instead of six fields:
+    # `plain` = one named cluster and no path or host rewrite; `timeout_header` = the value of
+    # x-envoy-expected-rq-timeout-ms (b"" when the timeout is off).
+    plain: bool = field(init=False, compare=False, default=False)
+    timeout_header: bytes = field(init=False, compare=False, default=b"")
+
+    def __post_init__(self) -> None:
+        plain = not (
+            self.weighted_clusters
+            or self.cluster_header
+            or self.prefix_rewrite
+            or self.regex_rewrite is not None
+            or self.host_rewrite_literal
+            or self.auto_host_rewrite
+            or self.host_rewrite_header
+        )
+        object.__setattr__(self, "plain", plain)
+        header = b"%d" % int(self.timeout * 1000) if self.timeout > 0 else b""
+        object.__setattr__(self, "timeout_header", header)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from sidecar.http.edge import forwardable
 from sidecar.http.events import Headers, RequestHead
 from sidecar.http.filters.base import STOP, PassThrough
 from sidecar.http.header_mutation import apply_request_mutations, apply_response_mutations
-from sidecar.model.route import DirectResponseAction, RedirectAction, RouteAction
+from sidecar.model.route import ClusterWeight, DirectResponseAction, RedirectAction, Route, RouteAction
 from sidecar.routing import rewrite, weighted
 
 if TYPE_CHECKING:
@@ -99,7 +99,9 @@ class Router(PassThrough):
             return STOP
         assert isinstance(action, RouteAction)
         cw = None
-        if action.weighted_clusters:
+        if action.plain:
+            name = action.cluster
+        elif action.weighted_clusters:
             cw = weighted.pick(action.weighted_clusters, action.total_weight, _getrandbits(32))
             name = cw.name
         elif action.cluster_header:
@@ -108,7 +110,7 @@ class Router(PassThrough):
         else:
             name = action.cluster
         self.weight = cw
-        cluster = rt.cluster_manager.get(name)
+        cluster = rt.cluster_manager.clusters.get(name)
         if cluster is None:
             rt.stats.no_cluster += 1
             stream.local_reply(action.cluster_not_found_response_code, None)
@@ -120,14 +122,41 @@ class Router(PassThrough):
             self._reply(503, local_reply.NO_HEALTHY_UPSTREAM)
             return STOP
         self.host = host
-        # Rewrites (Envoy's finalizeRequestHeaders): path, then host, then header mutations.
+        if not action.plain:
+            self._rewrite(route, action, head, host, cw)
+        if rt.has_mutations:
+            apply_request_mutations(head, stream, cw)
+        timeout_header = action.timeout_header
+        if timeout_header:
+            # Control headers from the client were stripped at the edge (http/edge.py): append.
+            head.headers.append((b"x-envoy-expected-rq-timeout-ms", timeout_header))
+            self.timeout = action.timeout
+        out, chunked = forwardable(head.headers)
+        if chunked:
+            out = [*out, (b"transfer-encoding", b"chunked")]
+            self.body_chunked = True
+        self.pending = [encode_request_head(head.method, head.path, head.authority, out)]
+        cs = cluster.stats
+        cs.upstream_rq_total += 1
+        cs.upstream_rq_active += 1
+        host.rq_total += 1
+        host.rq_active += 1
+        if end:
+            self._request_complete()
+        host.pool.acquire(self)
+        return STOP
+
+    def _rewrite(
+        self, route: Route, action: RouteAction, head: RequestHead, host: Host, cw: ClusterWeight | None
+    ) -> None:
+        """Path and host rewrites (Envoy's finalizeRequestHeaders): path first, then host."""
         path = head.path
         if action.prefix_rewrite or action.regex_rewrite is not None:
             rewritten = rewrite.rewritten_path(route, action, path.decode("latin-1"))
             if rewritten is not None:
-                new_path = rewritten.encode("latin-1")
+                # Envoy sets x-envoy-original-path even when a regex rewrite changes nothing.
                 head.set(b"x-envoy-original-path", path)
-                head.path = new_path
+                head.path = rewritten.encode("latin-1")
         authority = head.authority
         new_host = b""
         if cw is not None and cw.host_rewrite_literal:
@@ -147,24 +176,6 @@ class Router(PassThrough):
             # Envoy 1.40 keeps the original authority for the upstream (x-envoy-original-host).
             head.set(b"x-envoy-original-host", authority)
             head.authority = new_host
-        apply_request_mutations(head, stream, cw)
-        timeout = action.timeout
-        self.timeout = timeout
-        if timeout > 0:
-            head.set(b"x-envoy-expected-rq-timeout-ms", b"%d" % int(timeout * 1000))
-        out, chunked = forwardable(head.headers)
-        if chunked:
-            out = [*out, (b"transfer-encoding", b"chunked")]
-        self.body_chunked = chunked
-        self.pending = [encode_request_head(head.method, head.path, head.authority, out)]
-        cluster.stats.upstream_rq_total += 1
-        cluster.stats.upstream_rq_active += 1
-        host.rq_total += 1
-        host.rq_active += 1
-        if end:
-            self._request_complete()
-        host.pool.acquire(self)
-        return STOP
 
     def on_request_body(self, stream: Stream, chunk: bytes, end: bool) -> int:
         if self.done or self.cluster is None:
