@@ -138,11 +138,10 @@ class Server:
 
     def _run_loop(self, worker: int, sockets: list[tuple[Listener, socket.socket]]) -> int:
         # Everything built so far (protobuf modules, the config snapshot) lives as long as the process:
-        # move it out of the collector's sight, and collect young objects less eagerly.  The request
-        # path frees its objects by reference counting (no cycles), so the collector has little to find.
+        # move it out of the collector's sight so full collections stay short.  The request path
+        # frees its objects by reference counting (no cycles), so the collector has little to find.
         gc.collect()
         gc.freeze()
-        gc.set_threshold(20000, 20, 50)
         loop = uvloop.new_event_loop()
         asyncio.set_event_loop(loop)
         self.loop = loop

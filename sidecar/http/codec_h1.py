@@ -76,6 +76,25 @@ def valid_header_value(value: bytes) -> bool:
     return b"\r" not in value and b"\n" not in value and b"\x00" not in value
 
 
+def chunked_only(value: bytes) -> bool:
+    """Whether a request's Transfer-Encoding is the one coding a proxy must decode and may forward
+    as is: a single `chunked` (RFC 9112 section 6.1).  Envoy answers any other value, a coding list
+    ending in chunked included ("gzip, chunked"), with 501; llhttp strict lets such a list through."""
+    return value.strip(b" \t").lower() == b"chunked"
+
+
+def status_for_parse_error(reason: str) -> int:
+    """The status Envoy answers a request llhttp can't parse with, from llhttp's error reason:
+    501 for a transfer coding it can't decode, 426 for a version other than HTTP/1.x (Envoy's
+    "Upgrade Required"), 400 for everything else (CL with TE, bad chunk sizes, bad tokens ...)."""
+    r = reason.lower()
+    if "invalid `transfer-encoding`" in r:
+        return 501
+    if "invalid http version" in r:
+        return 426
+    return 400
+
+
 def encode_response_head(status: int, headers: Headers, http10: bool = False) -> bytes:
     parts = [status_line(status, http10)]
     for k, v in headers:

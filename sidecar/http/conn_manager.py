@@ -103,6 +103,7 @@ class HcmRuntime:
         "server",
         "server_mode",
         "stats",
+        "stream_timers",
         "table",
         "timeouts",
         "underscores",
@@ -134,6 +135,12 @@ class HcmRuntime:
         self.filter_factories = filter_factories
         self.buffer_limit = buffer_limit
         self.timeouts = timeouts if timeouts is not None else Timeouts(loop)
+        self.stream_timers = (
+            cfg.request_headers_timeout > 0
+            or cfg.request_timeout > 0
+            or cfg.stream_idle_timeout > 0
+            or cfg.max_stream_duration > 0
+        )
         rc = cfg.route_config
         # Skip header-mutation work entirely when no level of this route config has any.
         self.has_mutations = not rc.mutations.empty or any(
@@ -369,6 +376,23 @@ class Stream:
         # leaving a cycle for the garbage collector (one per request adds up).
         self.filters = ()
         self.conn.stream_done(self)
+
+    def timeout(self, body: bytes, always_408: bool) -> None:
+        """A stream timer fired (http/stream_timers.py): Envoy's 408 while the request is still
+        arriving, 504 while waiting on the upstream, a reset once the response has started."""
+        rt = self.rt
+        rt.stats.downstream_rq_timeout += 1
+        if self.resp_started:
+            self.conn.abort()
+            return
+        filters = self.filters
+        self.filters = ()
+        for f in filters:
+            f.on_destroy(self)  # the router gives up its upstream request
+        if always_408 or not self.req_done:
+            self.local_reply(408, body, close=True)
+        else:
+            self.local_reply(504, body)
 
     def reset(self) -> None:
         """The downstream went away: tell the filters (the router resets its upstream)."""

@@ -15,6 +15,7 @@ import httptools
 from sidecar.http import local_reply
 from sidecar.http.conn_manager import HcmRuntime, Stream
 from sidecar.http.events import Headers, RequestHead
+from sidecar.http.stream_timers import StreamTimers
 from sidecar.model.listener import HeadersWithUnderscoresAction, ServerHeaderTransformation
 
 _CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -56,6 +57,7 @@ class Http1ServerConnection(asyncio.Protocol):
         "draining",
         "idle_timer",
         "last_active",
+        "last_io",
         "local_addr",
         "local_ip",
         "owner",
@@ -66,6 +68,7 @@ class Http1ServerConnection(asyncio.Protocol):
         "queue",
         "read_paused",
         "rt",
+        "timers",
         "transport",
         "write_paused",
     )
@@ -85,6 +88,8 @@ class Http1ServerConnection(asyncio.Protocol):
         self.write_paused = False
         self.idle_timer: asyncio.TimerHandle | None = None
         self.last_active = 0.0
+        self.last_io = 0.0
+        self.timers: StreamTimers | None = None
         self.peer_ip = b""
         self.peer_addr = b""
         self.local_ip = b""
@@ -130,6 +135,9 @@ class Http1ServerConnection(asyncio.Protocol):
         if self.idle_timer is not None:
             self.idle_timer.cancel()
             self.idle_timer = None
+        if self.timers is not None:
+            self.timers.cancel()
+            self.timers = None
         st = self.rt.stats
         st.downstream_cx_active -= 1
         st.downstream_cx_http1_active -= 1
@@ -147,6 +155,7 @@ class Http1ServerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        self.last_io = self.rt.loop.time()
         self.cork()
         try:
             self._feed(data)
@@ -216,6 +225,8 @@ class Http1ServerConnection(asyncio.Protocol):
         self._cl_zero = False
         self._te = False
         self._upgrade = b""
+        if self.timers is None and self.active is None and self.rt.stream_timers:
+            self.timers = StreamTimers(self)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -257,6 +268,8 @@ class Http1ServerConnection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self.timers is not None and self.active is None:
+            self.timers.headers_done()
         p = self.parser
         version = p.get_http_version()
         if version != "1.1" and version != "1.0":
@@ -313,6 +326,8 @@ class Http1ServerConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         s = self.parsing
         self.parsing = None
+        if self.timers is not None:
+            self.timers.request_done()
         if s is not None:
             s.on_end()
 
@@ -344,6 +359,10 @@ class Http1ServerConnection(asyncio.Protocol):
         if stream is not self.active:
             return
         self.active = None
+        timers = self.timers
+        if timers is not None:
+            timers.cancel()
+            self.timers = None
         if stream.close_after or self.draining:
             self.close()
             return
@@ -352,9 +371,28 @@ class Http1ServerConnection(asyncio.Protocol):
             self.active = nxt
             if self.read_paused and len(self.queue) <= 8:
                 self.resume_reading()
+            if self.rt.stream_timers:
+                self.timers = StreamTimers(self)  # a pipelined request's timers start now
+                self.timers.headers_done()
+                if nxt.req_done:
+                    self.timers.request_done()
             nxt.start()
             return
         self.last_active = self.rt.loop.time()
+
+    def stream_timeout(self, body: bytes, always_408: bool = False) -> None:
+        """A timer of http/stream_timers.py fired for the request in flight."""
+        s = self.active
+        if s is None or not s.started:
+            # Still reading the request head: nothing to route, just answer and close.
+            self.rt.stats.downstream_rq_timeout += 1
+            rt = self.rt
+            server = rt.server if rt.server_mode is not ServerHeaderTransformation.PASS_THROUGH else None
+            self.write(local_reply.encode(408, body, server, close=True))
+            rt.stats.response(408)
+            self.close()
+            return
+        s.timeout(body, always_408)
 
     def pause_reading(self) -> None:
         if not self.read_paused and self.transport is not None:

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 
 class Corkable(Protocol):
+    last_io: float
+
     def cork(self) -> None: ...
     def uncork(self) -> None: ...
 
@@ -104,6 +106,7 @@ class Http1UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         down = self.handler.downstream
+        down.last_io = self.pool.loop.time()  # response bytes count as stream activity
         down.cork()
         try:
             self.parser.feed_data(data)

@@ -100,7 +100,9 @@ class FakeLoop:
 
 
 class FakeTransport:
-    def __init__(self, peer: tuple[str, int] = ("10.1.2.3", 40000), sock: tuple[str, int] = ("10.0.0.9", 15006)) -> None:
+    def __init__(
+        self, peer: tuple[str, int] = ("10.1.2.3", 40000), sock: tuple[str, int] = ("10.0.0.9", 15006)
+    ) -> None:
         self.extra = {"peername": peer, "sockname": sock}
         self.writes: list[bytes] = []
         self.writes_after_close: list[bytes] = []

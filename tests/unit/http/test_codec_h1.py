@@ -4,6 +4,7 @@ field-value validation (RFC 9110 section 5.1 and 5.5), chunk encoding (RFC 9112 
 from __future__ import annotations
 
 import h11
+import httptools
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,9 +15,11 @@ from sidecar.http.codec_h1 import (
     REASON,
     STATUS_LINE,
     STATUS_LINE_10,
+    chunked_only,
     encode_chunk,
     encode_request_head,
     encode_response_head,
+    status_for_parse_error,
     status_line,
     valid_header_name,
     valid_header_value,
@@ -41,7 +44,9 @@ RESPONSE_HEADS = [
 
 
 @pytest.mark.parametrize(("status", "headers", "http10", "wire"), RESPONSE_HEADS)
-def test_encode_response_head(status: int, headers: list[tuple[bytes, bytes]], http10: bool, wire: bytes) -> None:
+def test_encode_response_head(
+    status: int, headers: list[tuple[bytes, bytes]], http10: bool, wire: bytes
+) -> None:
     assert encode_response_head(status, headers, http10) == wire
 
 
@@ -96,7 +101,9 @@ def test_reason_phrases_are_envoys(code: int, reason: bytes) -> None:
     assert STATUS_LINE_10[code] == b"HTTP/1.0 %d %s\r\n" % (code, reason)
 
 
-@pytest.mark.parametrize(("code", "reason"), [(425, b"Too Early"), (599, b"Last Unassigned Server Error Code")])
+@pytest.mark.parametrize(
+    ("code", "reason"), [(425, b"Too Early"), (599, b"Last Unassigned Server Error Code")]
+)
 def test_reason_phrases_newer_than_most_codes_cc_copies(code: int, reason: bytes) -> None:
     assert REASON[code] == reason
 
@@ -249,3 +256,54 @@ def test_chunks_decode_back(pieces: list[bytes]) -> None:
         got += ev.data
     assert got == b"".join(pieces)
     assert c.next_event() is h11.PAUSED or c.their_state is h11.DONE
+
+
+# -- request framing and parse errors (the policy protocol.py applies to llhttp's verdicts) ----------
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        (b"chunked", True),
+        (b"Chunked", True),
+        (b"CHUNKED", True),
+        (b" chunked\t", True),
+        (b"gzip, chunked", False),  # llhttp accepts this list; Envoy answers 501
+        (b"chunked, chunked", False),
+        (b"chunked, gzip", False),
+        (b"gzip", False),
+        (b"identity", False),
+        (b"", False),
+        (b"chunked;q=1", False),
+    ],
+)
+def test_chunked_only(value: bytes, ok: bool) -> None:
+    assert chunked_only(value) is ok
+
+
+class _Sink:
+    def on_header(self, name: bytes, value: bytes) -> None:
+        return None
+
+
+# Real llhttp verdicts, so an httptools upgrade that rewords its reasons fails here, not in production.
+PARSE_ERRORS = [
+    (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 501),
+    (b"GET / HTTP/2.7\r\nHost: a\r\n\r\n", 426),
+    (b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", 426),
+    (b"GET / http/1.1\r\nHost: a\r\n\r\n", 400),  # Envoy: 400, not 426
+    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n", 400),
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\nHost: a\n\n", 400),
+]
+
+
+@pytest.mark.parametrize(("raw", "status"), PARSE_ERRORS)
+def test_status_for_parse_error(raw: bytes, status: int) -> None:
+    parser = httptools.HttpRequestParser(_Sink())
+    with pytest.raises(httptools.HttpParserError) as exc:
+        parser.feed_data(raw)
+    assert status_for_parse_error(str(exc.value)) == status
