@@ -233,25 +233,34 @@ class ClusterManager:
         out: list[Endpoint] = []
         for ep in cfg.endpoints:
             addr = ep.address
-            try:
-                infos = await self.loop.getaddrinfo(
-                    addr.host, addr.port, family=_family(cfg.dns_lookup_family), type=socket.SOCK_STREAM
-                )
-            except OSError as exc:
-                log.warning("cluster %s: DNS resolution of %s failed: %s", cfg.name, addr.host, exc)
-                continue
             v4: list[str] = []
             v6: list[str] = []
-            for family, _, _, _, sockaddr in infos:
-                ip = str(sockaddr[0])
-                bucket = v6 if family == socket.AF_INET6 else v4
-                if ip not in bucket:
-                    bucket.append(ip)
+            if addr.host.lower() == "localhost" or addr.host.lower().endswith(".localhost"):
+                # RFC 6761 section 6.3, as Envoy's resolver (c-ares) answers it: both loopbacks,
+                # whatever /etc/hosts says.
+                v4, v6 = ["127.0.0.1"], ["::1"]
+            else:
+                try:
+                    infos = await self.loop.getaddrinfo(
+                        addr.host, addr.port, family=_family(cfg.dns_lookup_family), type=socket.SOCK_STREAM
+                    )
+                except OSError as exc:
+                    log.warning("cluster %s: DNS resolution of %s failed: %s", cfg.name, addr.host, exc)
+                    continue
+                for family, _, _, _, sockaddr in infos:
+                    ip = str(sockaddr[0])
+                    bucket = v6 if family == socket.AF_INET6 else v4
+                    if ip not in bucket:
+                        bucket.append(ip)
             fam = cfg.dns_lookup_family
             # Envoy: AUTO prefers IPv6 and falls back to IPv4; V4_PREFERRED the reverse; ALL both.
             if fam is DnsLookupFamily.ALL:
                 ips = v4 + v6
-            elif fam is DnsLookupFamily.V4_PREFERRED or fam is DnsLookupFamily.V4_ONLY:
+            elif fam is DnsLookupFamily.V4_ONLY:
+                ips = v4
+            elif fam is DnsLookupFamily.V6_ONLY:
+                ips = v6
+            elif fam is DnsLookupFamily.V4_PREFERRED:
                 ips = v4 or v6
             else:
                 ips = v6 or v4

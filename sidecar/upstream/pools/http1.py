@@ -74,12 +74,14 @@ class Http1UpstreamConnection(asyncio.Protocol):
         limit = self.pool.buffer_limit
         transport.set_write_buffer_limits(high=limit, low=limit // 2)
         self.host.cx_active += 1
+        self.pool.cstats.upstream_cx_active += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed:
             self.closed = True
             self.host.cx_active -= 1
-            self.pool.cx_destroy += 1
+            self.pool.cstats.upstream_cx_active -= 1
+            self.pool.cstats.upstream_cx_destroy += 1
         self.pool.discard(self)
         h = self.handler
         if h is not None:
@@ -216,9 +218,7 @@ class Http1Pool:
     __slots__ = (
         "buffer_limit",
         "connect_timeout",
-        "cx_connect_fail",
-        "cx_destroy",
-        "cx_total",
+        "cstats",
         "host",
         "idle",
         "idle_timeout",
@@ -236,9 +236,7 @@ class Http1Pool:
         self.idle_timeout = cfg.idle_timeout
         self.max_requests = cfg.max_requests_per_connection
         self.buffer_limit = cfg.per_connection_buffer_limit_bytes
-        self.cx_total = cluster.stats.upstream_cx_total
-        self.cx_connect_fail = cluster.stats.upstream_cx_connect_fail
-        self.cx_destroy = cluster.stats.upstream_cx_destroy
+        self.cstats = cluster.stats
 
     def acquire(self, handler: UpstreamHandler) -> None:
         """Bind `handler` to a connection: at once if one is idle, else when a connect completes
@@ -256,7 +254,7 @@ class Http1Pool:
 
     async def _connect(self, handler: UpstreamHandler) -> None:
         conn = Http1UpstreamConnection(self)
-        self.cx_total += 1
+        self.cstats.upstream_cx_total += 1
         addr = self.host.address
         try:
             if addr.pipe:
@@ -268,7 +266,7 @@ class Http1Pool:
             else:
                 await coro
         except (TimeoutError, OSError) as exc:
-            self.cx_connect_fail += 1
+            self.cstats.upstream_cx_connect_fail += 1
             self.host.cx_connect_fail += 1
             handler.on_upstream_failure(_connect_failure_reason(exc))
             return
