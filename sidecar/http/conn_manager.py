@@ -62,6 +62,9 @@ _HCM_COUNTERS = (
 _HCM_GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_rq_active")
 
 
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
 class HcmStats:
     """`http.<stat_prefix>.*` for one connection manager, as plain ints (observe/stats.py block)."""
 
@@ -158,9 +161,11 @@ class Stream:
         "chunked_out",
         "close_after",
         "conn",
+        "expect_continue",
         "filters",
         "head",
         "head_only",
+        "host_missing",
         "pending",
         "refuse",
         "req_done",
@@ -191,6 +196,8 @@ class Stream:
         self.head_only = head.method == b"HEAD"
         self.body_expected = False  # set by the codec: content-length > 0 or chunked
         self.refuse = 0  # set by the codec: a status the connection manager must answer with
+        self.expect_continue = False  # the request asked for `100-continue`
+        self.host_missing = False  # no Host header at all (an empty one is allowed, RFC 9112 3.2)
         self.status = 0
         self.request_id = b""
 
@@ -210,7 +217,7 @@ class Stream:
             self.close_after = True
             self.local_reply(426, local_reply.UPGRADE_REQUIRED)
             return
-        if not head.authority:
+        if self.host_missing:
             if head.version == b"1.0" and cfg.default_host_for_http_10:
                 head.authority = cfg.default_host_for_http_10.encode()
             else:
@@ -218,6 +225,10 @@ class Stream:
                 self.close_after = True
                 self.local_reply(400, None)
                 return
+        if self.expect_continue and not self.req_done:
+            # Envoy answers the expectation itself when it reaches the request (proxy_100_continue
+            # off); a pipelined request gets it after the responses before it.
+            self.conn.write(CONTINUE_100)
         if self.refuse:
             # Refused by the codec's rules but answered by the connection manager, with an empty
             # body as Envoy does (fragment in the target: 400; upgrade without upgrade_configs: 403).
@@ -302,6 +313,7 @@ class Stream:
             self.close_after = True
         http10 = self.head.version == b"1.0"
         if self.close_after:
+            conn.stop_after = True
             headers.append((b"connection", b"close"))
         elif http10:
             headers.append((b"connection", b"keep-alive"))  # RFC 9112 section 9.3: 1.0 keep-alive is opt-in
@@ -345,6 +357,8 @@ class Stream:
         if close or (self.body_expected and not self.req_done) or self.conn.draining:
             # The rest of the request body was not read: the connection can't be reused.
             self.close_after = True
+        if self.close_after:
+            self.conn.stop_after = True
         rt = self.rt
         server = rt.server if rt.server_mode is not ServerHeaderTransformation.PASS_THROUGH else None
         if rt.cfg.always_set_request_id_in_response and self.request_id:

@@ -13,13 +13,11 @@ from collections import deque
 import httptools
 
 from sidecar.http import local_reply
+from sidecar.http.codec_h1 import chunked_only, status_for_parse_error
 from sidecar.http.conn_manager import HcmRuntime, Stream
 from sidecar.http.events import Headers, RequestHead
 from sidecar.http.stream_timers import StreamTimers
 from sidecar.model.listener import HeadersWithUnderscoresAction, ServerHeaderTransformation
-
-_CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
-
 
 _HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _EXPECT, _UPGRADE = range(5)
 # Headers the codec must look at; every other header is appended as it comes.
@@ -30,6 +28,14 @@ _SPECIAL = {
     b"expect": _EXPECT,
     b"upgrade": _UPGRADE,
 }
+
+
+_ERROR_BODIES = {501: local_reply.NOT_IMPLEMENTED, 426: local_reply.UPGRADE_REQUIRED}
+
+
+class _Stop(Exception):
+    """Raised in a parser callback to stop reading: the connection is closing (Envoy reads no
+    request after one it answers with `connection: close`)."""
 
 
 class _CodecError(Exception):
@@ -44,9 +50,14 @@ class Http1ServerConnection(asyncio.Protocol):
         "_cl_count",
         "_cl_zero",
         "_expect",
+        "_h2c_body",
         "_header_bytes",
         "_headers",
+        "_host_seen",
         "_nheaders",
+        "_pending_error",
+        "_raw_left",
+        "_raw_stream",
         "_te",
         "_upgrade",
         "_upgrade_refused",
@@ -68,6 +79,7 @@ class Http1ServerConnection(asyncio.Protocol):
         "queue",
         "read_paused",
         "rt",
+        "stop_after",
         "timers",
         "transport",
         "write_paused",
@@ -105,6 +117,12 @@ class Http1ServerConnection(asyncio.Protocol):
         self._te = False
         self._upgrade = b""
         self._upgrade_refused = False
+        self._pending_error: _CodecError | None = None
+        self._host_seen = False
+        self._h2c_body = 0
+        self._raw_left = 0
+        self._raw_stream: Stream | None = None
+        self.stop_after = False
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -158,6 +176,10 @@ class Http1ServerConnection(asyncio.Protocol):
         self.last_io = self.rt.loop.time()
         self.cork()
         try:
+            if self._raw_left:
+                data = self._raw_body(data)
+                if not data:
+                    return
             self._feed(data)
         finally:
             self.uncork()
@@ -175,26 +197,40 @@ class Http1ServerConnection(asyncio.Protocol):
                     self.close()  # the 403 was written when the head arrived
                     return
                 offset = exc.args[0] if exc.args else len(data)
-                data = data[offset:]
+                data = self._raw_body(data[offset:])
                 if not data:
                     return
             except httptools.HttpParserCallbackError as exc:
                 ctx = exc.__context__
+                if isinstance(ctx, _Stop):
+                    return  # bytes after a closing request are not read (nor answered)
                 if isinstance(ctx, _CodecError):
                     self._codec_error(ctx)
                     return
                 raise
             except httptools.HttpParserError as exc:
-                msg = str(exc)
-                if "invalid `transfer-encoding`" in msg.lower():
-                    # RFC 9112 section 6.1: a transfer coding we can't decode (anything but a final
-                    # "chunked") is 501, as Envoy answers.
-                    self._codec_error(_CodecError(501, local_reply.NOT_IMPLEMENTED))
-                elif "HTTP version" in msg:
-                    self._codec_error(_CodecError(426, local_reply.UPGRADE_REQUIRED))
-                else:
-                    self._codec_error(_CodecError(400, local_reply.BAD_REQUEST))
+                status = status_for_parse_error(str(exc))
+                body = _ERROR_BODIES.get(status, local_reply.BAD_REQUEST)
+                self._codec_error(_CodecError(status, body))
                 return
+
+    def _raw_body(self, data: bytes) -> bytes:
+        """The body of an h2c-upgrade request, which llhttp leaves unparsed (it treats what follows an
+        upgrade head as the new protocol); Envoy ignores the upgrade and forwards the body, so we
+        hand `content-length` bytes to the stream ourselves.  Returns what is left over."""
+        left = self._raw_left
+        s = self._raw_stream
+        if not left or s is None:
+            return data
+        chunk = data[:left]
+        left -= len(chunk)
+        self._raw_left = left
+        if chunk:
+            s.on_body(chunk)
+        if left == 0:
+            self._raw_stream = None
+            s.on_end()
+        return data[len(chunk) :]
 
     def eof_received(self) -> bool | None:
         # A half-closed client still gets its pending responses (Envoy waits for them), unless
@@ -215,9 +251,12 @@ class Http1ServerConnection(asyncio.Protocol):
 
     # -- llhttp callbacks ----------------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self.stop_after:
+            raise _Stop
         self._url = b""
         self._headers = []
         self._authority = b""
+        self._host_seen = False
         self._header_bytes = 0
         self._nheaders = 0
         self._expect = False
@@ -245,14 +284,17 @@ class Http1ServerConnection(asyncio.Protocol):
         special = _SPECIAL.get(name)
         if special is not None:
             if special == _HOST:
-                if self._authority:
+                if self._host_seen:
                     raise _CodecError(400, local_reply.BAD_REQUEST)  # RFC 9112 section 3.2
+                self._host_seen = True
                 self._authority = value
                 return
             if special == _CONTENT_LENGTH:
                 self._cl_count += 1
                 self._cl_zero = value.strip() == b"0"
             elif special == _TRANSFER_ENCODING:
+                if not chunked_only(value):
+                    raise _CodecError(501, local_reply.NOT_IMPLEMENTED)  # RFC 9112 section 6.1
                 self._te = True
             elif special == _EXPECT:
                 if value.lower() == b"100-continue":
@@ -279,6 +321,8 @@ class Http1ServerConnection(asyncio.Protocol):
             # RFC 9112 section 6.3: conflicting framing is a smuggling vector; Envoy refuses it.
             raise _CodecError(400, local_reply.BAD_REQUEST)
         url = self._url
+        if url == b"*" and p.get_method() != b"OPTIONS":
+            raise _CodecError(400, local_reply.BAD_REQUEST)  # RFC 9112 section 3.2.4: OPTIONS only
         if not url or (url[0] != 47 and url != b"*"):  # 47 == "/"
             # absolute-form (http://host/path) is proxy-style: take the authority from it.
             if url.startswith((b"http://", b"https://")):
@@ -286,6 +330,7 @@ class Http1ServerConnection(asyncio.Protocol):
                 slash = rest.find(b"/")
                 auth, path = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
                 self._authority = auth
+                self._host_seen = True
                 url = path
             elif p.get_method() != b"CONNECT":
                 raise _CodecError(400, local_reply.BAD_REQUEST)
@@ -295,6 +340,11 @@ class Http1ServerConnection(asyncio.Protocol):
             if self._upgrade.lower() == b"h2c":
                 # RFC 9113 section 3.1: h2c upgrade is optional; Envoy ignores it and serves HTTP/1.1.
                 head.remove(b"upgrade")
+                if self._cl_count and not self._cl_zero:
+                    cl = head.get(b"content-length") or b"0"
+                    self._h2c_body = int(cl) if cl.strip().isdigit() else 0
+                elif self._te:
+                    self._upgrade_refused = True  # a chunked body after an h2c head: not supported
             else:
                 self._upgrade_refused = True  # no upgrade_configs: Envoy answers 403 and closes
         stream = Stream(self, self.rt, head)
@@ -307,11 +357,13 @@ class Http1ServerConnection(asyncio.Protocol):
             if b"#" in url:
                 stream.refuse = 400
         stream.body_expected = self._te or (self._cl_count > 0 and not self._cl_zero)
+        stream.expect_continue = self._expect
+        stream.host_missing = not self._host_seen
+        if not head.keep_alive or method == b"CONNECT":
+            self.stop_after = True  # Connection: close, HTTP/1.0 or CONNECT: nothing after is read
         self.parsing = stream
         if self.active is None:
             self.active = stream
-            if self._expect:
-                self.write(_CONTINUE_100)
             stream.start()
         else:
             self.queue.append(stream)
@@ -326,6 +378,12 @@ class Http1ServerConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         s = self.parsing
         self.parsing = None
+        if self._h2c_body and s is not None:
+            # llhttp skipped the body of an h2c upgrade request: read it raw (see _raw_body).
+            self._raw_left = self._h2c_body
+            self._raw_stream = s
+            self._h2c_body = 0
+            return
         if self.timers is not None:
             self.timers.request_done()
         if s is not None:
@@ -369,7 +427,7 @@ class Http1ServerConnection(asyncio.Protocol):
         if self.queue:
             nxt = self.queue.popleft()
             self.active = nxt
-            if self.read_paused and len(self.queue) <= 8:
+            if self.read_paused and len(self.queue) <= 8 and self._pending_error is None:
                 self.resume_reading()
             if self.rt.stream_timers:
                 self.timers = StreamTimers(self)  # a pipelined request's timers start now
@@ -377,6 +435,11 @@ class Http1ServerConnection(asyncio.Protocol):
                 if nxt.req_done:
                     self.timers.request_done()
             nxt.start()
+            return
+        err = self._pending_error
+        if err is not None:
+            self._pending_error = None
+            self._codec_error(err)
             return
         self.last_active = self.rt.loop.time()
 
@@ -449,19 +512,33 @@ class Http1ServerConnection(asyncio.Protocol):
 
     def _codec_error(self, err: _CodecError) -> None:
         """Envoy's codec-level error: the local reply (when nothing was sent yet) and a close."""
+        t = self.transport
+        if t is None or t.is_closing():
+            self.closed_for_error()  # the connection is already going: nothing more to answer
+            return
         self.rt.stats.downstream_cx_protocol_error += 1
-        s = self.parsing if self.parsing is not None else self.active
+        s = self.parsing  # the request the bad bytes belong to (None: its head never completed)
         if s is not None and s is self.active and s.started:
             s.close_after = True
             if not s.resp_started:
                 s.local_reply(err.status, err.body, close=True)
             self.close()
             return
-        if self.active is None:
-            rt = self.rt
-            server = rt.server if rt.server_mode is not ServerHeaderTransformation.PASS_THROUGH else None
-            self.write(local_reply.encode(err.status, err.body, server, close=True))
-            rt.stats.response(err.status)
+        if self.active is not None:
+            # The error is in a later, pipelined request: answer the ones before it first (Envoy
+            # handles one request at a time), then the error, then close.
+            if s is not None and s in self.queue:
+                self.queue.remove(s)
+                s.reset()
+            self.parsing = None
+            self._pending_error = err
+            self.stop_after = True
+            self.pause_reading()
+            return
+        rt = self.rt
+        server = rt.server if rt.server_mode is not ServerHeaderTransformation.PASS_THROUGH else None
+        self.write(local_reply.encode(err.status, err.body, server, close=True))
+        rt.stats.response(err.status)
         self.close()
         self.closed_for_error()
 

@@ -29,7 +29,7 @@ CODEC_ERRORS = frozenset({400, 403, 413, 426, 431, 501})
 # Known gap (see test_no_write_after_close): requests parsed from the same read after the connection
 # decided to close are still started, and their replies written to a closing transport.  Flip to
 # False once protocol.py stops parsing after close; the xfail test below will say when.
-KNOWN_WRITES_AFTER_CLOSE = True
+KNOWN_WRITES_AFTER_CLOSE = False
 
 RUNTIMES = {kind: runtime(kind) for kind in ("direct", "upstream")}
 # H1_FUZZ_EXAMPLES=5000 for a longer hunt; 200 keeps the whole file to a few seconds.
@@ -357,17 +357,7 @@ STRICTER_THAN_ENVOY = {
     "tab-in-request-line": "llhttp wants single SP separators (RFC 9112 3); Envoy accepts HTAB",
 }
 # Gaps in protocol.py (not the codec tables): each has a proposed fix in the hand-off report.
-KNOWN_GAPS = {
-    "empty-host": "an empty Host is taken as missing (400); RFC 9112 3.2 allows an empty Host",
-    "te-gzip-chunked": "llhttp accepts a coding list ending in chunked; the codec then forwards the body "
-    "as chunked and drops the gzip coding.  Envoy: 501 for any transfer-encoding but 'chunked'",
-    "asterisk-on-get": "'*' is taken for any method (then 404); Envoy: 400 unless OPTIONS",
-    "pipelined-then-garbage": "the error in request 2 is answered on request 1's stream (its response "
-    "is lost); Envoy answers request 1, then 400",
-    "pipelined-then-431": "as pipelined-then-garbage",
-    "connection-close-then-more": "llhttp refuses bytes after a `connection: close` request, and that error "
-    "is answered (400) on the request still waiting for its upstream; Envoy answers it and ignores the rest",
-}
+KNOWN_GAPS: dict[str, str] = {}
 DIFFERENCES_FROM_ENVOY = {**STRICTER_THAN_ENVOY, **KNOWN_GAPS}
 
 
@@ -420,7 +410,6 @@ def test_configured_limits(hcm: dict[str, object], headers: list[tuple[bytes, by
         assert finals[0].version == b"1.0" and w.t.closing
 
 
-@pytest.mark.xfail(reason="protocol.py keeps parsing the rest of a read after deciding to close", strict=True)
 @pytest.mark.parametrize(
     "raw",
     [
@@ -436,7 +425,6 @@ def test_no_write_after_close(raw: bytes) -> None:
     assert w.t.writes_after_close == []
 
 
-@pytest.mark.xfail(reason="requests after a CONNECT's 404 + close are still forwarded", strict=True)
 def test_nothing_is_forwarded_after_the_connection_decided_to_close() -> None:
     # Envoy answers the CONNECT (no upgrade_configs) with 404 + close and reads nothing more; a
     # request forwarded now has upstream side effects the client never hears about.
@@ -448,9 +436,6 @@ def test_nothing_is_forwarded_after_the_connection_decided_to_close() -> None:
     assert w.up is not None and w.up.received == []
 
 
-@pytest.mark.xfail(
-    reason="llhttp treats the bytes after an h2c upgrade head as the new protocol", strict=True
-)
 def test_h2c_upgrade_with_a_body_is_forwarded_as_plain_http11() -> None:
     # Envoy strips the h2c upgrade and forwards the request with its body (observed on envoy 1.40).
     w = wire("upstream").feed(
@@ -461,7 +446,6 @@ def test_h2c_upgrade_with_a_body_is_forwarded_as_plain_http11() -> None:
     assert w.up is not None and [(m, b) for m, _, _, b in w.up.received] == [(b"POST", b"abc")]
 
 
-@pytest.mark.xfail(reason="100-continue is only sent for a request that is first in line", strict=True)
 def test_expect_100_for_a_pipelined_request() -> None:
     # Envoy answers 100 Continue when it reaches the request, after the earlier response.
     w = wire("upstream").feed(
@@ -687,7 +671,7 @@ H11_CASES = {
     "cr-after-a-body": (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx\r", False, True),
     "lf-between-requests": (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", False, True),
     "double-sp": (b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", False, True),
-    "te-gzip-chunked": (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", False, True),
+    "te-gzip-chunked": (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", True, True),
     # Agreements worth pinning: both refuse, or both accept.
     "two-hosts": (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", True, True),
     "no-host": (b"GET / HTTP/1.1\r\n\r\n", True, True),
