@@ -242,7 +242,8 @@ class Stream:
             self.vhost, self.route = sel
         ff = rt.filter_factories
         filters = self.filters = (ff[0](),) if len(ff) == 1 else tuple([f() for f in ff])
-        end = self.req_done and not self.pending
+        # A request without a body is complete at its head (llhttp reports the end right after).
+        end = not self.body_expected or (self.req_done and not self.pending)
         for f in filters:
             if f.on_request_head(self, head, end) == STOP:
                 break
@@ -269,7 +270,8 @@ class Stream:
         if self.resp_done:
             self._finish()
             return
-        self._decode_body(b"", True)
+        if self.body_expected:
+            self._decode_body(b"", True)  # (a body-less request already ended at its head)
 
     def _decode_body(self, chunk: bytes, end: bool) -> None:
         if self.resp_done:

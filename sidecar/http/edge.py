@@ -125,11 +125,20 @@ def forwardable(headers: Headers) -> tuple[Headers, bool]:
 def mutate_request_headers(head: RequestHead, cfg: HttpConnectionManager, peer_ip: bytes) -> bytes:
     """Apply the edge rules above to `head`; returns the request id (b"" when ids are off)."""
     headers = head.headers
-    # Every request is external (see module doc): Envoy's control headers go.
-    for k, _ in headers:
-        if k in CONTROL_HEADERS:
-            headers = head.headers = [h for h in headers if h[0] not in CONTROL_HEADERS]
-            break
+    # One pass: find x-forwarded-proto / x-request-id, and whether any control header must go.
+    xfp = rid = None
+    control = False
+    for k, v in headers:
+        if k[:2] == b"x-":
+            if k == b"x-forwarded-proto":
+                xfp = v
+            elif k == b"x-request-id":
+                rid = v
+            elif k in CONTROL_HEADERS:
+                control = True
+    if control:
+        # Every request is external (see module doc): Envoy's control headers go.
+        headers = head.headers = [h for h in headers if h[0] not in CONTROL_HEADERS]
     edge = cfg.use_remote_address
     if edge:
         if not cfg.skip_xff_append:
@@ -142,14 +151,13 @@ def mutate_request_headers(head: RequestHead, cfg: HttpConnectionManager, peer_i
         head.set(b"x-forwarded-proto", head.scheme)
         headers = head.headers
         headers.append((b"x-envoy-external-address", peer_ip))
-    elif head.get(b"x-forwarded-proto") is None:
+    elif xfp is None:
         headers.append((b"x-forwarded-proto", head.scheme))
     if not cfg.generate_request_id:
-        return head.get(b"x-request-id") or b""
-    rid = head.get(b"x-request-id")
+        return rid or b""
     if rid is None:
         rid = new_request_id()
-        head.headers.append((b"x-request-id", rid))
+        headers.append((b"x-request-id", rid))
     elif edge and not cfg.preserve_external_request_id:
         rid = new_request_id()
         head.set(b"x-request-id", rid)

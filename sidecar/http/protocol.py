@@ -81,6 +81,9 @@ class Http1ServerConnection(asyncio.Protocol):
         "rt",
         "stop_after",
         "timers",
+        "msg_begin",
+        "head_done",
+        "body_done",
         "transport",
         "write_paused",
     )
@@ -102,6 +105,8 @@ class Http1ServerConnection(asyncio.Protocol):
         self.last_active = 0.0
         self.last_io = 0.0
         self.timers: StreamTimers | None = None
+        self.msg_begin = 0.0
+        self.head_done = self.body_done = False
         self.peer_ip = b""
         self.peer_addr = b""
         self.local_ip = b""
@@ -145,6 +150,8 @@ class Http1ServerConnection(asyncio.Protocol):
         if self.owner is not None:
             self.owner.add(self)  # type: ignore[attr-defined]
         self._arm_idle()
+        if self.rt.stream_timers:
+            self.timers = StreamTimers(self, self.rt.loop)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed:
@@ -264,8 +271,9 @@ class Http1ServerConnection(asyncio.Protocol):
         self._cl_zero = False
         self._te = False
         self._upgrade = b""
-        if self.timers is None and self.active is None and self.rt.stream_timers:
-            self.timers = StreamTimers(self)
+        if self.active is None:
+            self.msg_begin = self.last_io  # the request clock of http/stream_timers.py
+            self.head_done = self.body_done = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -310,8 +318,8 @@ class Http1ServerConnection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        if self.timers is not None and self.active is None:
-            self.timers.headers_done()
+        if self.active is None:
+            self.head_done = True
         p = self.parser
         version = p.get_http_version()
         if version != "1.1" and version != "1.0":
@@ -384,8 +392,8 @@ class Http1ServerConnection(asyncio.Protocol):
             self._raw_stream = s
             self._h2c_body = 0
             return
-        if self.timers is not None:
-            self.timers.request_done()
+        if self.active is None or s is self.active:
+            self.body_done = True
         if s is not None:
             s.on_end()
 
@@ -417,10 +425,7 @@ class Http1ServerConnection(asyncio.Protocol):
         if stream is not self.active:
             return
         self.active = None
-        timers = self.timers
-        if timers is not None:
-            timers.cancel()
-            self.timers = None
+        self.msg_begin = 0.0
         if stream.close_after or self.draining:
             self.close()
             return
@@ -429,11 +434,10 @@ class Http1ServerConnection(asyncio.Protocol):
             self.active = nxt
             if self.read_paused and len(self.queue) <= 8 and self._pending_error is None:
                 self.resume_reading()
-            if self.rt.stream_timers:
-                self.timers = StreamTimers(self)  # a pipelined request's timers start now
-                self.timers.headers_done()
-                if nxt.req_done:
-                    self.timers.request_done()
+            # A pipelined request's clock starts when it is reached.
+            self.msg_begin = self.rt.loop.time()
+            self.head_done = True
+            self.body_done = nxt.req_done
             nxt.start()
             return
         err = self._pending_error

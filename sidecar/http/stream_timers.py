@@ -9,14 +9,17 @@
 
 stream_idle_timeout and max_stream_duration answer 408 (and close) while the request is still
 arriving, 504 while waiting for the upstream (`stream timeout` / `downstream duration timeout`), and
-reset the connection once the response has started.  All deadlines go through http/timeouts.py (no
-timer per request); idleness is checked lazily against the connection's last I/O time."""
+reset the connection once the response has started.
+
+Nothing is armed per request: each configured timeout is one loop timer per connection that, when it
+fires, compares the connection's request clock (`msg_begin`, `last_io`, `head_done`, `body_done`,
+kept by http/protocol.py) with its deadline and either acts or re-arms for what is left."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING
-
-from sidecar.http.timeouts import Deadline
 
 if TYPE_CHECKING:
     from sidecar.http.protocol import Http1ServerConnection
@@ -28,64 +31,75 @@ DURATION_TIMEOUT = b"downstream duration timeout"
 
 
 class StreamTimers:
-    """The armed timers of the request a connection is currently reading or answering."""
+    """The configured request timers of one downstream connection."""
 
-    __slots__ = ("conn", "duration", "headers", "idle", "request")
+    __slots__ = ("conn", "handles", "loop")
 
-    def __init__(self, conn: Http1ServerConnection) -> None:
+    def __init__(self, conn: Http1ServerConnection, loop: asyncio.AbstractEventLoop) -> None:
         self.conn = conn
-        rt = conn.rt
-        cfg = rt.cfg
-        t = rt.timeouts
-        self.headers: Deadline | None = (
-            t.add(cfg.request_headers_timeout, self._on_headers) if cfg.request_headers_timeout > 0 else None
-        )
-        self.request: Deadline | None = (
-            t.add(cfg.request_timeout, self._on_request) if cfg.request_timeout > 0 else None
-        )
-        self.idle: Deadline | None = (
-            t.add(cfg.stream_idle_timeout, self._on_idle) if cfg.stream_idle_timeout > 0 else None
-        )
-        self.duration: Deadline | None = (
-            t.add(cfg.max_stream_duration, self._on_duration) if cfg.max_stream_duration > 0 else None
-        )
-
-    def headers_done(self) -> None:
-        if self.headers is not None:
-            self.headers.cancel()
-            self.headers = None
-
-    def request_done(self) -> None:
-        if self.request is not None:
-            self.request.cancel()
-            self.request = None
+        self.loop = loop
+        self.handles: list[asyncio.TimerHandle | None] = []
+        cfg = conn.rt.cfg
+        now = loop.time()
+        for timeout, check in (
+            (cfg.request_headers_timeout, self._headers),
+            (cfg.request_timeout, self._request),
+            (cfg.stream_idle_timeout, self._idle),
+            (cfg.max_stream_duration, self._duration),
+        ):
+            if timeout > 0:
+                slot = len(self.handles)
+                self.handles.append(loop.call_at(now + timeout, self._fire, slot, timeout, check))
 
     def cancel(self) -> None:
-        for d in (self.headers, self.request, self.idle, self.duration):
-            if d is not None:
-                d.cancel()
-        self.headers = self.request = self.idle = self.duration = None
+        for h in self.handles:
+            if h is not None:
+                h.cancel()
+        self.handles = []
 
-    def _on_headers(self) -> None:
-        self.headers = None
-        self.conn.stream_timeout(HEADERS_TIMEOUT, always_408=True)
-
-    def _on_request(self) -> None:
-        self.request = None
-        self.conn.stream_timeout(REQUEST_TIMEOUT, always_408=True)
-
-    def _on_duration(self) -> None:
-        self.duration = None
-        self.conn.stream_timeout(DURATION_TIMEOUT)
-
-    def _on_idle(self) -> None:
-        self.idle = None
-        conn = self.conn
-        rt = conn.rt
-        timeout = rt.cfg.stream_idle_timeout
-        # Re-arm for whatever is left since the last byte either way (no timer reset per read).
-        left = conn.last_io + timeout - rt.loop.time()
-        if left > 0.001:
-            self.idle = rt.timeouts.add(left, self._on_idle)
+    def _fire(self, slot: int, timeout: float, check: Callable[[float, float], float]) -> None:
+        """`check(now, timeout)` returns 0 when it acted, else the time to look again."""
+        if slot >= len(self.handles) or self.conn.closed:
             return
-        conn.stream_timeout(IDLE_TIMEOUT)
+        now = self.loop.time()
+        again = check(now, timeout)
+        if self.handles and not self.conn.closed:
+            self.handles[slot] = self.loop.call_at(max(again, now + 0.001) if again else now + timeout,
+                                                   self._fire, slot, timeout, check)  # fmt: skip
+
+    # Each check: the deadline of the request in flight, or a later look when there is none.
+    def _headers(self, now: float, timeout: float) -> float:
+        c = self.conn
+        if not c.msg_begin or c.head_done:
+            return now + timeout
+        if c.msg_begin + timeout > now:
+            return c.msg_begin + timeout
+        c.stream_timeout(HEADERS_TIMEOUT, always_408=True)
+        return 0.0
+
+    def _request(self, now: float, timeout: float) -> float:
+        c = self.conn
+        if not c.msg_begin or c.body_done:
+            return now + timeout
+        if c.msg_begin + timeout > now:
+            return c.msg_begin + timeout
+        c.stream_timeout(REQUEST_TIMEOUT, always_408=True)
+        return 0.0
+
+    def _idle(self, now: float, timeout: float) -> float:
+        c = self.conn
+        if not c.msg_begin:
+            return now + timeout
+        if c.last_io + timeout > now:
+            return c.last_io + timeout
+        c.stream_timeout(IDLE_TIMEOUT)
+        return 0.0
+
+    def _duration(self, now: float, timeout: float) -> float:
+        c = self.conn
+        if not c.msg_begin:
+            return now + timeout
+        if c.msg_begin + timeout > now:
+            return c.msg_begin + timeout
+        c.stream_timeout(DURATION_TIMEOUT)
+        return 0.0

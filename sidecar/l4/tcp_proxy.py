@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from sidecar.model.listener import TcpProxy
 from sidecar.model.route import ClusterWeight
@@ -28,6 +28,15 @@ class TcpProxyStats:
         "idle_timeout",
         "upstream_flush_active",
     )
+
+    # The slots above (set to 0 by the loop in __init__), declared for the type checker only: with
+    # __slots__ a bare annotation makes no class attribute.
+    downstream_cx_no_route: int
+    downstream_cx_rx_bytes_total: int
+    downstream_cx_total: int
+    downstream_cx_tx_bytes_total: int
+    idle_timeout: int
+    upstream_flush_active: int
 
     def __init__(self, stats: Stats, prefix: str) -> None:
         for attr in self.__slots__:
@@ -59,9 +68,11 @@ class _Upstream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
+        # uvloop's transports are not asyncio.Transport subclasses (so no isinstance check) but
+        # have its whole API; cast only tells the type checker so.
+        t = self.transport = cast(asyncio.Transport, transport)
         lim = self.down.rt.buffer_limit
-        transport.set_write_buffer_limits(high=lim, low=lim // 2)
+        t.set_write_buffer_limits(high=lim, low=lim // 2)
 
     def data_received(self, data: bytes) -> None:
         self.down.from_upstream(data)
@@ -97,7 +108,7 @@ class TcpProxyConnection(asyncio.Protocol):
         "up_paused",
     )
 
-    def __init__(self, rt: TcpProxyRuntime, owner: object = None) -> None:
+    def __init__(self, rt: TcpProxyRuntime, owner: set[Any] | None = None) -> None:
         self.rt = rt
         self.owner = owner
         self.transport: asyncio.Transport | None = None
@@ -114,12 +125,13 @@ class TcpProxyConnection(asyncio.Protocol):
 
     # -- downstream ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
+        # cast: see _Upstream.connection_made (uvloop's transports are not asyncio.Transport subclasses).
+        self.transport = cast(asyncio.Transport, transport)
         rt = self.rt
-        transport.set_write_buffer_limits(high=rt.buffer_limit, low=rt.buffer_limit // 2)
+        self.transport.set_write_buffer_limits(high=rt.buffer_limit, low=rt.buffer_limit // 2)
         rt.stats.downstream_cx_total += 1
         if self.owner is not None:
-            self.owner.add(self)  # type: ignore[attr-defined]
+            self.owner.add(self)
         cfg = rt.cfg
         name = weighted.pick(rt.weights, 0, random.getrandbits(32)).name if rt.weights else cfg.cluster
         cluster = rt.cluster_manager.get(name)
@@ -199,7 +211,7 @@ class TcpProxyConnection(asyncio.Protocol):
         if self.idle_timer is not None:
             self.idle_timer.cancel()
         if self.owner is not None:
-            self.owner.discard(self)  # type: ignore[attr-defined]
+            self.owner.discard(self)
         up = self.up
         if up is not None and up.transport is not None and not up.transport.is_closing():
             # Envoy flushes what it already read from the downstream before closing upstream.

@@ -18,7 +18,7 @@ from sidecar.http.protocol import Http1ServerConnection
 from sidecar.http.timeouts import Timeouts
 from sidecar.l4.tcp_proxy import TcpProxyConnection, TcpProxyRuntime
 from sidecar.model.listener import HttpConnectionManager, Listener, TcpProxy
-from sidecar.observe.stats import Stats
+from sidecar.observe.stats import Counter, Stats
 from sidecar.upstream.cluster_manager import ClusterManager
 
 
@@ -76,7 +76,9 @@ class ListenerManager:
         self.draining = False
         self.timeouts = Timeouts(loop)  # route timeouts of every HTTP listener of this worker
 
-    def _factory(self, listener: Listener, conns: _Connections) -> Callable[[], asyncio.Protocol]:
+    def _factory(
+        self, listener: Listener, conns: _Connections
+    ) -> Callable[[], Http1ServerConnection | TcpProxyConnection]:
         chain = listener.chain()
         assert chain is not None and chain.filters
         terminal = chain.filters[-1]
@@ -96,11 +98,13 @@ class ListenerManager:
             al.conns = conns
             cx_total = al.cx_total
 
-            def factory(base: Callable[[], asyncio.Protocol] = base, t: Any = cx_total) -> asyncio.Protocol:
+            def factory(
+                base: Callable[[], Http1ServerConnection | TcpProxyConnection] = base, t: Counter = cx_total
+            ) -> asyncio.Protocol:
                 t.inc()
                 conn = base()
                 if self.draining:
-                    conn.draining = True  # type: ignore[attr-defined]
+                    conn.draining = True
                 return conn
 
             al.server = await self.loop.create_server(factory, sock=sock)

@@ -32,11 +32,17 @@ from sidecar.translate.fields import check_fields
 
 
 class NodeOptions(Protocol):
-    """What translate_bootstrap reads from the command line (cli.Options has these)."""
+    """What translate_bootstrap reads from the command line (cli.Options has these).  Read-only
+    properties, so that a frozen dataclass (cli.Options) satisfies the protocol."""
 
-    service_cluster: str
-    service_node: str
-    service_zone: str
+    @property
+    def service_cluster(self) -> str: ...
+
+    @property
+    def service_node(self) -> str: ...
+
+    @property
+    def service_zone(self) -> str: ...
 
 
 # Bootstrap fields that change nothing a client can observe here: stats plumbing, runtime layers,

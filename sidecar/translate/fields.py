@@ -51,5 +51,6 @@ def opt_duration(msg: Message, field: str, default: float) -> float:
 def opt_uint(msg: Message, field: str, default: int) -> int:
     """A google.protobuf.UInt32Value/BoolValue-style wrapper field, or `default` when unset."""
     if msg.HasField(field):
-        return getattr(msg, field).value  # type: ignore[no-any-return]
+        value: int = getattr(msg, field).value
+        return value
     return default

@@ -53,6 +53,27 @@ class ClusterStats:
 
     __slots__ = (*_CLUSTER_COUNTERS, *_CLUSTER_GAUGES, "codes")
 
+    # The attributes named in _CLUSTER_COUNTERS / _CLUSTER_GAUGES (set by the loop in __init__),
+    # declared for the type checker only: with __slots__ a bare annotation makes no class attribute.
+    upstream_cx_connect_fail: int
+    upstream_cx_destroy: int
+    upstream_cx_destroy_local_with_active_rq: int
+    upstream_cx_destroy_remote_with_active_rq: int
+    upstream_cx_none_healthy: int
+    upstream_cx_rx_bytes_total: int
+    upstream_cx_total: int
+    upstream_cx_tx_bytes_total: int
+    upstream_rq_completed: int
+    upstream_rq_per_try_timeout: int
+    upstream_rq_rx_reset: int
+    upstream_rq_timeout: int
+    upstream_rq_total: int
+    upstream_rq_tx_reset: int
+    membership_healthy: int
+    membership_total: int
+    upstream_cx_active: int
+    upstream_rq_active: int
+
     def __init__(self, stats: Stats, name: str) -> None:
         for attr in _CLUSTER_COUNTERS + _CLUSTER_GAUGES:
             setattr(self, attr, 0)

@@ -48,8 +48,16 @@ def _probe(t: Target, listener: str, raw: bytes) -> dict[str, object]:
         ("duration_port", INCOMPLETE_BODY, (408, b"downstream duration timeout", "close")),
         ("duration_port", COMPLETE, (504, b"downstream duration timeout", None)),
     ],
-    ids=["request-body", "request-head", "idle-body", "idle-head", "idle-upstream", "headers",
-         "duration-body", "duration-upstream"],  # fmt: skip
+    ids=[
+        "request-body",
+        "request-head",
+        "idle-body",
+        "idle-head",
+        "idle-upstream",
+        "headers",
+        "duration-body",
+        "duration-upstream",
+    ],
 )
 def test_stream_timer_fires_with_envoys_reply(
     diff: Differential, listener: str, raw: bytes, expected: tuple[int, bytes, str | None]
