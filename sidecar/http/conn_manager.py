@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sidecar.http import date, local_reply
-from sidecar.http.codec_h1 import LAST_CHUNK, encode_chunk, encode_response_head
+from sidecar.http.codec_h1 import HOP_BY_HOP_RESPONSE, LAST_CHUNK, encode_chunk, encode_response_head
 from sidecar.http.edge import mutate_request_headers
 from sidecar.http.events import Headers, RequestHead
 from sidecar.http.filters.base import STOP
@@ -63,6 +63,8 @@ _HCM_GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream
 
 
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+# Response headers the connection manager must notice (send_upstream_head).
+_RESPONSE_SPECIAL = HOP_BY_HOP_RESPONSE | {b"date", b"server", b"content-length"}
 
 
 class HcmStats:
@@ -287,7 +289,6 @@ class Stream:
             return
         self.resp_started = True
         self.status = status
-        rt = self.rt
         has_date = False
         has_length = False
         server_at = -1
@@ -298,6 +299,12 @@ class Stream:
                 server_at = i
             elif k == b"content-length":
                 has_length = True
+        self._finish_head(status, headers, end, has_date, server_at, has_length)
+
+    def _finish_head(
+        self, status: int, headers: Headers, end: bool, has_date: bool, server_at: int, has_length: bool
+    ) -> None:
+        rt = self.rt
         if not has_date:
             headers.append((b"date", date.current()))
         mode = rt.server_mode
@@ -333,6 +340,34 @@ class Stream:
         conn.write(encode_response_head(status, headers, http10))
         if end:
             self._response_complete()
+
+    def send_upstream_head(self, status: int, upstream: Headers, service_time: bytes) -> None:
+        """The router's common case (no header mutations configured): one pass over the upstream's
+        headers drops hop-by-hop ones and notes date/server/content-length, then the same framing
+        as send_head.  Kept byte-for-byte equal to send_head's output by the differential tests."""
+        if self.resp_started:
+            return
+        self.resp_started = True
+        self.status = status
+        rt = self.rt
+        headers: Headers = []
+        append = headers.append
+        has_date = has_length = False
+        server_at = -1
+        for h in upstream:
+            k = h[0]
+            if k in _RESPONSE_SPECIAL:
+                if k in HOP_BY_HOP_RESPONSE:
+                    continue
+                if k == b"date":
+                    has_date = True
+                elif k == b"server":
+                    server_at = len(headers)
+                else:
+                    has_length = True
+            append(h)
+        append((b"x-envoy-upstream-service-time", service_time))
+        self._finish_head(status, headers, False, has_date, server_at, has_length)
 
     def send_body(self, data: bytes, end: bool) -> None:
         if self.resp_done:

@@ -243,20 +243,20 @@ class Router(PassThrough):
         status = 502 if reason == local_reply.RESET_PROTOCOL_ERROR else 503
         self._reply(status, local_reply.UPSTREAM_RESET_PREFIX + reason)
 
-    def on_upstream_headers(self, status: int, headers: Headers, chunked: bool) -> None:
+    def on_upstream_headers(self, status: int, headers: Headers) -> None:
         stream = self.stream
-        assert stream is not None and self.cluster is not None
-        if self.done:
+        if stream is None or self.done:
             return
-        out: Headers = []
-        for h in headers:
-            if h[0] not in HOP_BY_HOP_RESPONSE:
-                out.append(h)
-        ms = int((_monotonic() - self.sent_at) * 1000)
-        out.append((b"x-envoy-upstream-service-time", b"%d" % ms))
-        apply_response_mutations(out, stream, self.weight)
+        assert self.cluster is not None
+        ms = b"%d" % int((_monotonic() - self.sent_at) * 1000)
         self.cluster.stats.response(status)
-        stream.send_head(status, out, False)
+        if stream.rt.has_mutations:
+            out: Headers = [h for h in headers if h[0] not in HOP_BY_HOP_RESPONSE]
+            out.append((b"x-envoy-upstream-service-time", ms))
+            apply_response_mutations(out, stream, self.weight)
+            stream.send_head(status, out, False)
+        else:
+            stream.send_upstream_head(status, headers, ms)
 
     def on_upstream_body(self, data: bytes) -> None:
         stream = self.stream

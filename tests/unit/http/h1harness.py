@@ -212,7 +212,7 @@ class FakeUpstreamConn:
         down.cork()  # as Http1UpstreamConnection.data_received does around one upstream read
         try:
             if len(req.target) % 2:
-                h.on_upstream_headers(200, [(b"transfer-encoding", b"chunked"), (b"x-echo", echo)], True)
+                h.on_upstream_headers(200, [(b"transfer-encoding", b"chunked"), (b"x-echo", echo)])
                 if self.head_request:
                     h.on_upstream_end()
                     return
@@ -220,7 +220,7 @@ class FakeUpstreamConn:
                 h.on_upstream_body(echo[3:])
             else:
                 n = b"%d" % len(echo)
-                h.on_upstream_headers(200, [(b"content-length", n), (b"x-echo", echo)], False)
+                h.on_upstream_headers(200, [(b"content-length", n), (b"x-echo", echo)])
                 if self.head_request:
                     h.on_upstream_end()
                     return
