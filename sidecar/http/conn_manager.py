@@ -71,6 +71,33 @@ class HcmStats:
     """`http.<stat_prefix>.*` for one connection manager, as plain ints (observe/stats.py block)."""
 
     __slots__ = (*_HCM_COUNTERS, *_HCM_GAUGES)
+    downstream_cx_destroy: int
+    downstream_cx_http1_total: int
+    downstream_cx_idle_timeout: int
+    downstream_cx_protocol_error: int
+    downstream_cx_total: int
+    downstream_rq_1xx: int
+    downstream_rq_2xx: int
+    downstream_rq_3xx: int
+    downstream_rq_4xx: int
+    downstream_rq_5xx: int
+    downstream_rq_completed: int
+    downstream_rq_http1_total: int
+    downstream_rq_idle_timeout: int
+    downstream_rq_rx_reset: int
+    downstream_rq_timeout: int
+    downstream_rq_too_large: int
+    downstream_rq_total: int
+    downstream_rq_tx_reset: int
+    downstream_rq_ws_on_non_ws_route: int
+    no_cluster: int
+    no_route: int
+    rq_direct_response: int
+    rq_redirect: int
+    rq_total: int
+    downstream_cx_active: int
+    downstream_cx_http1_active: int
+    downstream_rq_active: int
 
     def __init__(self, stats: Stats, prefix: str) -> None:
         for attr in self.__slots__:
@@ -349,7 +376,6 @@ class Stream:
             return
         self.resp_started = True
         self.status = status
-        rt = self.rt
         headers: Headers = []
         append = headers.append
         has_date = has_length = False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import cast
 
 import httptools
 
@@ -131,9 +132,10 @@ class Http1ServerConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
+        # uvloop's transports are not asyncio.Transport subclasses (hence cast, not isinstance).
+        t = self.transport = cast(asyncio.Transport, transport)
         limit = self.rt.buffer_limit
-        transport.set_write_buffer_limits(high=limit, low=limit // 2)
+        t.set_write_buffer_limits(high=limit, low=limit // 2)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer_ip = str(peer[0]).encode()

@@ -16,11 +16,13 @@ from sidecar.http.edge import forwardable
 from sidecar.http.events import Headers, RequestHead
 from sidecar.http.filters.base import STOP, PassThrough
 from sidecar.http.header_mutation import apply_request_mutations, apply_response_mutations
+from sidecar.http.timeouts import Deadline
 from sidecar.model.route import ClusterWeight, DirectResponseAction, RedirectAction, Route, RouteAction
 from sidecar.routing import rewrite, weighted
 
 if TYPE_CHECKING:
     from sidecar.http.conn_manager import Stream
+    from sidecar.http.protocol import Http1ServerConnection
     from sidecar.upstream.cluster_manager import ClusterState, Host
     from sidecar.upstream.pools.http1 import Http1UpstreamConnection
 
@@ -48,6 +50,7 @@ class Router(PassThrough):
 
     def __init__(self) -> None:
         self.stream: Stream | None = None
+        self.downstream: Http1ServerConnection | None = None
         self.cluster: ClusterState | None = None
         self.host: Host | None = None
         self.conn: Http1UpstreamConnection | None = None
@@ -55,11 +58,11 @@ class Router(PassThrough):
         self.pending_bytes = 0
         self.body_chunked = False
         self.done = False
-        self.timer = None
+        self.timer: Deadline | None = None
         self.timeout = 0.0
         self.sent_at = 0.0
         self.paused_downstream = False
-        self.weight = None
+        self.weight: ClusterWeight | None = None
 
     # -- request ------------------------------------------------------------------------------------
     def on_request_head(self, stream: Stream, head: RequestHead, end: bool) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
@@ -27,7 +27,10 @@ class Corkable(Protocol):
 
 
 class UpstreamHandler(Protocol):
-    downstream: Corkable  # writes made while one upstream read is handled go out as one
+    @property
+    def downstream(self) -> Corkable | None:
+        """Writes made while one upstream read is handled go out as one (see data_received)."""
+        ...
 
     def on_upstream_ready(self, conn: Http1UpstreamConnection) -> None: ...
     def on_upstream_failure(self, reason: bytes) -> None: ...
@@ -70,9 +73,10 @@ class Http1UpstreamConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
+        # uvloop's transports are not asyncio.Transport subclasses (hence cast, not isinstance).
+        t = self.transport = cast(asyncio.Transport, transport)
         limit = self.pool.buffer_limit
-        transport.set_write_buffer_limits(high=limit, low=limit // 2)
+        t.set_write_buffer_limits(high=limit, low=limit // 2)
         self.host.cx_active += 1
         self.pool.cstats.upstream_cx_active += 1
 
@@ -107,7 +111,7 @@ class Http1UpstreamConnection(asyncio.Protocol):
             # Bytes on an idle connection: the upstream is confused; don't reuse it.
             self.close()
             return
-        down = self.handler.downstream
+        down = cast(Corkable, self.handler.downstream)  # set while the handler holds this connection
         down.last_io = self.pool.loop.time()  # response bytes count as stream activity
         down.cork()
         try:
