@@ -35,6 +35,8 @@ demo: install
 	$(BIN)/python -m examples.demo
 
 test: system-deps install-test
+	$(BIN)/ruff check sidecar init tests benchmarks examples
+	$(BIN)/mypy sidecar
 	$(BIN)/python -m pytest -n 2 -q
 
 lint: install-test
