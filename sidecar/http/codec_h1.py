@@ -105,10 +105,10 @@ def encode_response_head(status: int, headers: Headers, http10: bool = False) ->
 
 def encode_request_head(method: bytes, path: bytes, authority: bytes, headers: Headers) -> bytes:
     # Envoy writes :authority as `host` first, then the other headers in order.
-    start = b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method, path, authority)
     if not headers:
-        return start + b"\r\n"
-    return start + b"\r\n".join([b": ".join(h) for h in headers]) + b"\r\n\r\n"
+        return b"".join((method, b" ", path, b" HTTP/1.1\r\nhost: ", authority, b"\r\n\r\n"))
+    lines = b"\r\n".join([b": ".join(h) for h in headers])
+    return b"".join((method, b" ", path, b" HTTP/1.1\r\nhost: ", authority, b"\r\n", lines, b"\r\n\r\n"))
 
 
 def encode_chunk(data: bytes) -> bytes:

@@ -51,6 +51,7 @@ HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te", b"http2-settings"}
 )
 
+_EDGE_NAMES = CONTROL_HEADERS | {b"x-forwarded-proto", b"x-request-id"}
 _getrandbits = random.getrandbits
 
 
@@ -129,12 +130,12 @@ def mutate_request_headers(head: RequestHead, cfg: HttpConnectionManager, peer_i
     xfp = rid = None
     control = False
     for k, v in headers:
-        if k[:2] == b"x-":
+        if k in _EDGE_NAMES:  # one hash lookup per header; most headers are none of these
             if k == b"x-forwarded-proto":
                 xfp = v
             elif k == b"x-request-id":
                 rid = v
-            elif k in CONTROL_HEADERS:
+            else:
                 control = True
     if control:
         # Every request is external (see module doc): Envoy's control headers go.
