@@ -18,7 +18,6 @@ kept by http/protocol.py) with its deadline and either acts or re-arms for what 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -41,15 +40,16 @@ class StreamTimers:
         self.handles: list[asyncio.TimerHandle | None] = []
         cfg = conn.rt.cfg
         now = loop.time()
-        for timeout, check in (
-            (cfg.request_headers_timeout, self._headers),
-            (cfg.request_timeout, self._request),
-            (cfg.stream_idle_timeout, self._idle),
-            (cfg.max_stream_duration, self._duration),
+        # (timeout, request clock, "stopped" flag or "", Envoy's body, always 408)
+        for spec in (
+            (cfg.request_headers_timeout, "msg_begin", "head_done", HEADERS_TIMEOUT, True),
+            (cfg.request_timeout, "msg_begin", "body_done", REQUEST_TIMEOUT, True),
+            (cfg.stream_idle_timeout, "last_io", "", IDLE_TIMEOUT, False),
+            (cfg.max_stream_duration, "msg_begin", "", DURATION_TIMEOUT, False),
         ):
-            if timeout > 0:
+            if spec[0] > 0:
                 slot = len(self.handles)
-                self.handles.append(loop.call_at(now + timeout, self._fire, slot, timeout, check))
+                self.handles.append(loop.call_at(now + spec[0], self._fire, slot, spec))
 
     def cancel(self) -> None:
         for h in self.handles:
@@ -57,49 +57,20 @@ class StreamTimers:
                 h.cancel()
         self.handles = []
 
-    def _fire(self, slot: int, timeout: float, check: Callable[[float, float], float]) -> None:
-        """`check(now, timeout)` returns 0 when it acted, else the time to look again."""
-        if slot >= len(self.handles) or self.conn.closed:
+    def _fire(self, slot: int, spec: tuple[float, str, str, bytes, bool]) -> None:
+        """Act if the request in flight is past this timer's deadline, else look again when it
+        would be (or one period from now when no request is in flight or the timer's phase is over)."""
+        c = self.conn
+        if slot >= len(self.handles) or c.closed:
             return
+        timeout, clock, stopped, body, always_408 = spec
         now = self.loop.time()
-        again = check(now, timeout)
-        if self.handles and not self.conn.closed:
-            self.handles[slot] = self.loop.call_at(max(again, now + 0.001) if again else now + timeout,
-                                                   self._fire, slot, timeout, check)  # fmt: skip
-
-    # Each check: the deadline of the request in flight, or a later look when there is none.
-    def _headers(self, now: float, timeout: float) -> float:
-        c = self.conn
-        if not c.msg_begin or c.head_done:
-            return now + timeout
-        if c.msg_begin + timeout > now:
-            return c.msg_begin + timeout
-        c.stream_timeout(HEADERS_TIMEOUT, always_408=True)
-        return 0.0
-
-    def _request(self, now: float, timeout: float) -> float:
-        c = self.conn
-        if not c.msg_begin or c.body_done:
-            return now + timeout
-        if c.msg_begin + timeout > now:
-            return c.msg_begin + timeout
-        c.stream_timeout(REQUEST_TIMEOUT, always_408=True)
-        return 0.0
-
-    def _idle(self, now: float, timeout: float) -> float:
-        c = self.conn
-        if not c.msg_begin:
-            return now + timeout
-        if c.last_io + timeout > now:
-            return c.last_io + timeout
-        c.stream_timeout(IDLE_TIMEOUT)
-        return 0.0
-
-    def _duration(self, now: float, timeout: float) -> float:
-        c = self.conn
-        if not c.msg_begin:
-            return now + timeout
-        if c.msg_begin + timeout > now:
-            return c.msg_begin + timeout
-        c.stream_timeout(DURATION_TIMEOUT)
-        return 0.0
+        again = now + timeout
+        if c.msg_begin and not (stopped and getattr(c, stopped)):
+            deadline = getattr(c, clock) + timeout
+            if deadline <= now:
+                c.stream_timeout(body, always_408)
+            else:
+                again = deadline
+        if self.handles and not c.closed:
+            self.handles[slot] = self.loop.call_at(max(again, now + 0.001), self._fire, slot, spec)
