@@ -41,6 +41,7 @@ class Router(PassThrough):
         "paused_downstream",
         "pending",
         "pending_bytes",
+        "request_complete",
         "sent_at",
         "stream",
         "timeout",
@@ -62,6 +63,9 @@ class Router(PassThrough):
         self.timeout = 0.0
         self.sent_at = 0.0
         self.paused_downstream = False
+        # True once the whole request went to the upstream: an upstream connection that answered
+        # before that is mid-request and must not go back to the pool.
+        self.request_complete = False
         self.weight: ClusterWeight | None = None
 
     # -- request ------------------------------------------------------------------------------------
@@ -205,6 +209,7 @@ class Router(PassThrough):
         return STOP
 
     def _request_complete(self) -> None:
+        self.request_complete = True
         # Envoy arms the route timeout when the downstream request is complete.
         if self.timeout > 0 and self.timer is None:
             stream = self.stream

@@ -27,6 +27,8 @@ class Corkable(Protocol):
 
 
 class UpstreamHandler(Protocol):
+    request_complete: bool  # the whole request was written (else the connection can't be reused)
+
     @property
     def downstream(self) -> Corkable | None:
         """Writes made while one upstream read is handled go out as one (see data_received)."""
@@ -170,7 +172,7 @@ class Http1UpstreamConnection(asyncio.Protocol):
         if h is None:
             return
         self.handler = None
-        reusable = self.parser.should_keep_alive()
+        reusable = self.parser.should_keep_alive() and h.request_complete
         h.on_upstream_end()
         if reusable and not self.closed:
             self.pool.release(self)
