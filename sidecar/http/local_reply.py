@@ -14,6 +14,9 @@ from sidecar.http.events import Headers
 NO_HEALTHY_UPSTREAM = b"no healthy upstream"
 UPSTREAM_TIMEOUT = b"upstream request timeout"
 UPSTREAM_RESET_PREFIX = b"upstream connect error or disconnect/reset before headers. reset reason: "
+UPSTREAM_RETRIED_PREFIX = (
+    b"upstream connect error or disconnect/reset before headers. retried and the latest reset reason: "
+)
 BAD_REQUEST = b"Bad Request"
 NOT_IMPLEMENTED = b"Not Implemented"
 UPGRADE_REQUIRED = b"Upgrade Required"

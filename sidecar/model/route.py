@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
+from sidecar.model.retry import RetryPolicy
+
 
 class RequestView(Protocol):
     """What route matching may read of a request.  Names are lowercase; pseudo-headers `:method`,
@@ -109,6 +111,8 @@ class RouteAction:
     # Envoy's default route timeout is 15 s; 0 disables it.
     timeout: float = 15.0
     idle_timeout: float = 0.0
+    # The route's retry_policy, else the virtual host's (Envoy: the route's wins whole, no merge).
+    retry_policy: RetryPolicy | None = None
     # Derived once here so the router reads one flag per request instead of six fields:
     # `plain` = one named cluster and no path or host rewrite; `timeout_header` = the value of
     # x-envoy-expected-rq-timeout-ms (b"" when the timeout is off).
@@ -177,6 +181,7 @@ class VirtualHost:
     require_tls: RequireTls = RequireTls.NONE
     include_request_attempt_count: bool = False
     include_attempt_count_in_response: bool = False
+    retry_policy: RetryPolicy | None = None
 
 
 class RouteSelector(Protocol):

@@ -9,6 +9,7 @@ compiled here, once per config.  Errors name the field path, e.g.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -20,6 +21,7 @@ from envoy.config.route.v3 import route_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf.duration_pb2 import Duration
 
+from sidecar.model.retry import RetryPolicy
 from sidecar.model.route import (
     NO_MUTATIONS,
     AppendAction,
@@ -42,6 +44,7 @@ from sidecar.routing.table import DuplicateDomainError, RouteTable
 from sidecar.translate.common import bool_value, enum_name
 from sidecar.translate.errors import ConfigError
 from sidecar.translate.fields import check_fields, opt_uint
+from sidecar.translate.retry import translate_retry_policy
 
 # %COMMAND% forms of header values that http/header_mutation.py expands; others are refused.
 SUPPORTED_HEADER_COMMANDS = frozenset(
@@ -399,9 +402,12 @@ def translate_route_action(pb: rc_pb2.RouteAction, path: str) -> RouteAction:
             "append_x_forwarded_host",
             "timeout",
             "idle_timeout",
+            "retry_policy",
         ),
     )
     kw: dict[str, Any] = {}
+    if pb.HasField("retry_policy"):
+        kw["retry_policy"] = translate_retry_policy(pb.retry_policy, f"{path}.retry_policy")
     which = pb.WhichOneof("cluster_specifier")
     if which == "cluster":
         kw["cluster"] = _text(pb.cluster, f"{path}.cluster", min_len=1)
@@ -556,15 +562,20 @@ def translate_virtual_host(
             "require_tls",
             "include_request_attempt_count",
             "include_attempt_count_in_response",
+            "retry_policy",
             *_MUTATION_FIELDS,
         ),
         ignored=("metadata",),
     )
+    vh_retry = translate_retry_policy(pb.retry_policy, f"{path}.retry_policy") if pb.HasField("retry_policy") else None
     name = _text(pb.name, f"{path}.name", min_len=1)
     if not pb.domains:
         raise ConfigError(f"{path}.domains", "value must contain at least 1 item(s)")
     domains = tuple(_text(d, f"{path}.domains[{i}]") for i, d in enumerate(pb.domains))
     routes = tuple(translate_route(r, f"{path}.routes[{i}]", max_body) for i, r in enumerate(pb.routes))
+    if vh_retry is not None:
+        # A route without its own retry_policy uses the virtual host's (Envoy: no merging of fields).
+        routes = tuple(_with_vhost_retry(r, vh_retry) for r in routes)
     return VirtualHost(
         name=name,
         domains=domains,
@@ -573,7 +584,15 @@ def translate_virtual_host(
         require_tls=RequireTls[enum_name(pb, "require_tls", path)],
         include_request_attempt_count=pb.include_request_attempt_count,
         include_attempt_count_in_response=pb.include_attempt_count_in_response,
+        retry_policy=vh_retry,
     )
+
+
+def _with_vhost_retry(route: Route, policy: RetryPolicy) -> Route:
+    action = route.action
+    if isinstance(action, RouteAction) and action.retry_policy is None:
+        return dataclasses.replace(route, action=dataclasses.replace(action, retry_policy=policy))
+    return route
 
 
 def translate_route_configuration(pb: route_pb2.RouteConfiguration, path: str) -> RouteConfiguration:

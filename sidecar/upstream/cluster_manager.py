@@ -38,6 +38,8 @@ _CLUSTER_COUNTERS = (
     "upstream_cx_tx_bytes_total",
     "upstream_rq_completed",
     "upstream_rq_per_try_timeout",
+    "upstream_rq_retry",
+    "upstream_rq_retry_limit_exceeded",
     "upstream_rq_rx_reset",
     "upstream_rq_timeout",
     "upstream_rq_total",
@@ -65,6 +67,8 @@ class ClusterStats:
     upstream_cx_tx_bytes_total: int
     upstream_rq_completed: int
     upstream_rq_per_try_timeout: int
+    upstream_rq_retry: int
+    upstream_rq_retry_limit_exceeded: int
     upstream_rq_rx_reset: int
     upstream_rq_timeout: int
     upstream_rq_total: int

@@ -6,6 +6,7 @@ and arms the route timeout.  Route choice itself is routing/table.py; host choic
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from typing import TYPE_CHECKING
@@ -17,8 +18,10 @@ from sidecar.http.events import Headers, RequestHead
 from sidecar.http.filters.base import STOP, PassThrough
 from sidecar.http.header_mutation import apply_request_mutations, apply_response_mutations
 from sidecar.http.timeouts import Deadline
+from sidecar.model.retry import RetryPolicy
 from sidecar.model.route import ClusterWeight, DirectResponseAction, RedirectAction, Route, RouteAction
 from sidecar.routing import rewrite, weighted
+from sidecar.upstream.retry import Outcome, Refused, decide_retry
 
 if TYPE_CHECKING:
     from sidecar.http.conn_manager import Stream
@@ -32,6 +35,8 @@ _getrandbits = random.getrandbits
 
 class Router(PassThrough):
     __slots__ = (
+        "attempt_headers",
+        "backoff_timer",
         "body_chunked",
         "cluster",
         "conn",
@@ -41,11 +46,18 @@ class Router(PassThrough):
         "paused_downstream",
         "pending",
         "pending_bytes",
+        "per_try",
+        "replay",
+        "replay_bytes",
         "request_complete",
+        "retries_done",
+        "retry",
         "sent_at",
+        "started_at",
         "stream",
         "timeout",
         "timer",
+        "tried",
         "weight",
     )
 
@@ -66,6 +78,17 @@ class Router(PassThrough):
         # True once the whole request went to the upstream: an upstream connection that answered
         # before that is mid-request and must not go back to the pool.
         self.request_complete = False
+        self.started_at = 0.0  # when the global timeout started (the request was complete)
+        # Retries (upstream/retry.py): the policy, what was sent (for replay), the hosts tried.
+        self.retry: RetryPolicy | None = None
+        self.retries_done = 0
+        self.replay: list[bytes] | None = None
+        self.replay_bytes = 0
+        self.tried: list[Host] | None = None
+        self.per_try: asyncio.TimerHandle | None = None
+        self.backoff_timer: asyncio.TimerHandle | None = None
+        # (method, path, authority, headers) when each attempt re-encodes its head (attempt count).
+        self.attempt_headers: tuple[bytes, bytes, bytes, Headers] | None = None
         self.weight: ClusterWeight | None = None
 
     # -- request ------------------------------------------------------------------------------------
@@ -134,15 +157,33 @@ class Router(PassThrough):
         if rt.has_mutations:
             apply_request_mutations(head, stream, cw)
         timeout_header = action.timeout_header
+        retry = action.retry_policy
+        if retry is not None and retry.per_try_timeout > 0 and (
+            action.timeout == 0 or retry.per_try_timeout < action.timeout
+        ):
+            # Envoy announces the per-try timeout when it is the tighter one.
+            timeout_header = b"%d" % int(retry.per_try_timeout * 1000)
         if timeout_header:
             # Control headers from the client were stripped at the edge (http/edge.py): append.
             head.headers.append((b"x-envoy-expected-rq-timeout-ms", timeout_header))
-            self.timeout = action.timeout
+        self.timeout = action.timeout
         out, chunked = forwardable(head.headers)
         if chunked:
             out = [*out, (b"transfer-encoding", b"chunked")]
             self.body_chunked = True
-        self.pending = [encode_request_head(head.method, head.path, head.authority, out)]
+        vhost = stream.vhost
+        if retry is not None or (vhost is not None and vhost.include_request_attempt_count):
+            # A retry re-encodes the head: its own attempt number and what is left of the timeout.
+            self.attempt_headers = (head.method, head.path, head.authority, out)
+            if vhost is not None and vhost.include_request_attempt_count:
+                out = [*out, (b"x-envoy-attempt-count", b"1")]
+        head_bytes = encode_request_head(head.method, head.path, head.authority, out)
+        self.pending = [head_bytes]
+        if retry is not None:
+            self.retry = retry
+            self.replay = [head_bytes]
+            if retry.avoid_previous_hosts:
+                self.tried = [host]
         cs = cluster.stats
         cs.upstream_rq_total += 1
         cs.upstream_rq_active += 1
@@ -193,12 +234,20 @@ class Router(PassThrough):
             if end:
                 data += LAST_CHUNK
         if data:
+            replay = self.replay
+            if replay is not None:
+                # Envoy buffers a retriable request's body up to the listener's buffer limit; past
+                # it the request can no longer be retried.
+                self.replay_bytes += len(data)
+                if self.replay_bytes > stream.rt.buffer_limit:
+                    self.replay = self.retry = None
+                else:
+                    replay.append(data)
             conn = self.conn
             if conn is not None:
                 conn.send(data)
-            else:
+            elif self.pending is not None:
                 pending = self.pending
-                assert pending is not None
                 pending.append(data)
                 self.pending_bytes += len(data)
                 if self.pending_bytes > stream.rt.buffer_limit and not self.paused_downstream:
@@ -210,6 +259,10 @@ class Router(PassThrough):
 
     def _request_complete(self) -> None:
         self.request_complete = True
+        if self.stream is not None:
+            self.started_at = self.stream.rt.loop.time()
+        if self.retry is not None and self.retry.per_try_timeout > 0 and self.conn is not None:
+            self._arm_per_try()
         # Envoy arms the route timeout when the downstream request is complete.
         if self.timeout > 0 and self.timer is None:
             stream = self.stream
@@ -234,6 +287,9 @@ class Router(PassThrough):
         if self.paused_downstream:
             self.paused_downstream = False
             stream.conn.resume_reading()
+        retry = self.retry
+        if retry is not None and retry.per_try_timeout > 0 and self.request_complete:
+            self._arm_per_try()
 
     def on_upstream_failure(self, reason: bytes) -> None:
         if self.done:
@@ -247,17 +303,36 @@ class Router(PassThrough):
             stream.local_reply(503, None)  # resets the downstream
             return
         self.cluster.stats.upstream_rq_rx_reset += 1
+        if self.retry is not None:
+            outcome = Outcome.CONNECT_FAILURE if reason == local_reply.RESET_CONNECTION_FAILURE else Outcome.RESET
+            if self._maybe_retry(outcome, 0, None, False):
+                return
         # Envoy: an unparseable upstream response is 502 (protocol error), other resets 503.
         status = 502 if reason == local_reply.RESET_PROTOCOL_ERROR else 503
-        self._reply(status, local_reply.UPSTREAM_RESET_PREFIX + reason)
+        prefix = local_reply.UPSTREAM_RETRIED_PREFIX if self.retries_done else local_reply.UPSTREAM_RESET_PREFIX
+        self._reply(status, prefix + reason)
 
     def on_upstream_headers(self, status: int, headers: Headers) -> None:
         stream = self.stream
         if stream is None or self.done:
             return
         assert self.cluster is not None
-        ms = b"%d" % int((_monotonic() - self.sent_at) * 1000)
         self.cluster.stats.response(status)
+        if self.retry is not None:
+            grpc = None
+            limited = False
+            for k, v in headers:
+                if k == b"grpc-status":
+                    grpc = int(v) if v.isdigit() else None
+                elif k == b"x-envoy-ratelimited":
+                    limited = True
+            if self._maybe_retry(Outcome.RESPONSE, status, grpc, limited):
+                return
+            self._cancel_per_try()
+        ms = b"%d" % int((_monotonic() - self.sent_at) * 1000)
+        vhost = stream.vhost
+        if vhost is not None and vhost.include_attempt_count_in_response:
+            headers = [*headers, (b"x-envoy-attempt-count", b"%d" % (self.retries_done + 1))]
         if stream.rt.has_mutations:
             out: Headers = [h for h in headers if h[0] not in HOP_BY_HOP_RESPONSE]
             out.append((b"x-envoy-upstream-service-time", ms))
@@ -303,6 +378,103 @@ class Router(PassThrough):
         if self.conn is not None:
             self.conn.resume_reading()
 
+    # -- retries ----------------------------------------------------------------------------------
+    def _maybe_retry(self, outcome: Outcome, status: int, grpc: int | None, limited: bool) -> bool:
+        """Retry this request if the policy says so: True when a new attempt is scheduled (the
+        current upstream connection, if any, is given up), False to let the outcome stand."""
+        retry = self.retry
+        stream = self.stream
+        assert retry is not None and stream is not None and self.cluster is not None
+        if stream.resp_started or self.replay is None:
+            return False  # never once response headers went downstream; never a body we dropped
+        decision = decide_retry(retry, self.retries_done, outcome, status, grpc, limited, True, random.random())
+        if decision is None:
+            return False
+        cs = self.cluster.stats
+        if isinstance(decision, Refused):
+            cs.upstream_rq_retry_limit_exceeded += 1
+            return False
+        self._cancel_per_try()
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.detach()  # the rest of this attempt's response is not wanted
+        if self.host is not None:
+            self.host.rq_active -= 1
+        cs.upstream_rq_active -= 1
+        self.pending = None
+        self.backoff_timer = stream.rt.loop.call_later(decision, self._retry_attempt)
+        return True
+
+    def _retry_attempt(self) -> None:
+        self.backoff_timer = None
+        stream = self.stream
+        if self.done or stream is None:
+            return
+        cluster = self.cluster
+        retry = self.retry
+        assert cluster is not None and retry is not None and self.replay is not None
+        self.retries_done += 1
+        host = cluster.pick()
+        tried = self.tried
+        if tried is not None and host is not None:
+            # retry_host_predicate previous_hosts: re-pick up to host_selection_retry_max_attempts.
+            for _ in range(retry.host_selection_retry_max_attempts):
+                if host not in tried:
+                    break
+                host = cluster.pick()
+            if host is not None:
+                tried.append(host)
+        cs = cluster.stats
+        cs.upstream_rq_retry += 1
+        if host is None:
+            cluster.stats.upstream_cx_none_healthy += 1
+            self._reply(503, local_reply.NO_HEALTHY_UPSTREAM)
+            return
+        self.host = host
+        replay = list(self.replay)
+        if self.attempt_headers is not None:
+            method, path, authority, out = self.attempt_headers
+            out = list(out)
+            # Envoy announces what is left: the global timeout's remainder, or the per-try timeout.
+            expected = self.timeout - (stream.rt.loop.time() - self.started_at) if self.timeout > 0 else 0.0
+            if retry.per_try_timeout > 0 and (expected <= 0 or retry.per_try_timeout < expected):
+                expected = retry.per_try_timeout
+            for i, (k, _) in enumerate(out):
+                if k == b"x-envoy-expected-rq-timeout-ms":
+                    out[i] = (k, b"%d" % max(0, int(expected * 1000)))
+            vhost = stream.vhost
+            if vhost is not None and vhost.include_request_attempt_count:
+                out.append((b"x-envoy-attempt-count", b"%d" % (self.retries_done + 1)))
+            replay[0] = encode_request_head(method, path, authority, out)
+        self.pending = replay
+        cs.upstream_rq_total += 1
+        cs.upstream_rq_active += 1
+        host.rq_total += 1
+        host.rq_active += 1
+        host.pool.acquire(self)
+
+    def _arm_per_try(self) -> None:
+        stream = self.stream
+        assert self.retry is not None and stream is not None
+        self._cancel_per_try()
+        self.per_try = stream.rt.loop.call_later(self.retry.per_try_timeout, self._on_per_try_timeout)
+
+    def _cancel_per_try(self) -> None:
+        if self.per_try is not None:
+            self.per_try.cancel()
+            self.per_try = None
+
+    def _on_per_try_timeout(self) -> None:
+        self.per_try = None
+        if self.done or self.cluster is None:
+            return
+        self.cluster.stats.upstream_rq_per_try_timeout += 1
+        if self._maybe_retry(Outcome.TIMEOUT, 0, None, False):
+            return
+        # Out of retries: Envoy answers as for the global timeout (504, upstream request timeout).
+        self._on_timeout()
+
     # -- endings --------------------------------------------------------------------------------
     def _on_timeout(self) -> None:
         self.timer = None
@@ -340,6 +512,11 @@ class Router(PassThrough):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.retry is not None:
+            self._cancel_per_try()
+            if self.backoff_timer is not None:
+                self.backoff_timer.cancel()
+                self.backoff_timer = None
         if self.cluster is not None and self.host is not None:
             self.cluster.stats.upstream_rq_active -= 1
             self.host.rq_active -= 1

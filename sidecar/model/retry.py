@@ -1,0 +1,44 @@
+"""A route's (or virtual host's) retry policy: Envoy's config.route.v3.RetryPolicy, translated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# retry_on conditions we implement (Envoy's router "x-envoy-retry-on" / "x-envoy-retry-grpc-on" values).
+HTTP_CONDITIONS = frozenset(
+    {
+        "5xx",
+        "gateway-error",
+        "reset",
+        "reset-before-request",
+        "connect-failure",
+        "retriable-4xx",
+        "refused-stream",
+        "retriable-status-codes",
+        "envoy-ratelimited",
+        "http3-post-connect-failure",
+    }
+)
+GRPC_CONDITIONS = {
+    "cancelled": 1,
+    "deadline-exceeded": 4,
+    "resource-exhausted": 8,
+    "internal": 13,
+    "unavailable": 14,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    retry_on: frozenset[str]
+    # Envoy: num_retries defaults to 1.
+    num_retries: int = 1
+    per_try_timeout: float = 0.0
+    per_try_idle_timeout: float = 0.0
+    retriable_status_codes: frozenset[int] = frozenset()
+    # retry_back_off: base 25 ms, max 10x base (fully jittered exponential).
+    base_interval: float = 0.025
+    max_interval: float = 0.25
+    # retry_host_predicate envoy.retry_host_predicates.previous_hosts
+    avoid_previous_hosts: bool = False
+    host_selection_retry_max_attempts: int = 1

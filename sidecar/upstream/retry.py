@@ -1,0 +1,90 @@
+"""Should a failed attempt be retried, and after how long?  (Envoy's RetryStateImpl, pure.)
+
+`decide_retry` keeps "not wanted" (None) apart from "wanted but refused" (a `Refused` reason), as
+Envoy's RetryStatus does, so that refusals are counted.  Conditions (Envoy's router docs):
+- 5xx: any 5xx response, or no response at all (connect failure, reset, per-try timeout);
+- gateway-error: 502/503/504, or no response at all;
+- reset: no response (reset/disconnect/per-try timeout); reset-before-request: a reset before the
+  request was sent; connect-failure: the connection could not be made;
+- retriable-4xx: 409; retriable-status-codes: the policy's codes; envoy-ratelimited: a response
+  carrying x-envoy-ratelimited;
+- gRPC (cancelled, deadline-exceeded, internal, resource-exhausted, unavailable): the grpc-status of a
+  response's headers.
+Back-off (RFC-free, Envoy's JitteredExponentialBackOffStrategy): attempt N waits a uniformly random
+time in [0, min((2^N - 1) * base, max)]."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from sidecar.model.retry import GRPC_CONDITIONS, RetryPolicy
+
+
+class Outcome(Enum):
+    RESPONSE = "response"  # response headers arrived: look at status / grpc-status / headers
+    CONNECT_FAILURE = "connect-failure"
+    RESET_BEFORE_REQUEST = "reset-before-request"  # the connection broke before the request was sent
+    RESET = "reset"  # the connection broke after the request was sent, before response headers
+    TIMEOUT = "per-try-timeout"
+
+
+class Refused(Enum):
+    OVERFLOW = "overflow"  # the cluster's max_retries circuit breaker is full
+    LIMIT = "limit"  # num_retries used up
+
+
+def retriable(
+    p: RetryPolicy, outcome: Outcome, status: int = 0, grpc_status: int | None = None, ratelimited: bool = False
+) -> bool:
+    on = p.retry_on
+    if outcome is Outcome.RESPONSE:
+        if status >= 500 and "5xx" in on:
+            return True
+        if status in (502, 503, 504) and "gateway-error" in on:
+            return True
+        if status == 409 and "retriable-4xx" in on:
+            return True
+        if status in p.retriable_status_codes and "retriable-status-codes" in on:
+            return True
+        if ratelimited and "envoy-ratelimited" in on:
+            return True
+        if grpc_status is not None:
+            for name, code in GRPC_CONDITIONS.items():
+                if code == grpc_status and name in on:
+                    return True
+        return False
+    # No response at all.
+    if "5xx" in on or "gateway-error" in on or "reset" in on:
+        return True
+    if outcome is Outcome.CONNECT_FAILURE:
+        return "connect-failure" in on or "reset-before-request" in on
+    if outcome is Outcome.RESET_BEFORE_REQUEST:
+        return "reset-before-request" in on
+    return False
+
+
+def backoff(p: RetryPolicy, retry_number: int, rand: float) -> float:
+    """Seconds before retry number `retry_number` (1-based); `rand` uniform in [0, 1)."""
+    ceiling = min(((1 << min(retry_number, 30)) - 1) * p.base_interval, p.max_interval)
+    return rand * ceiling
+
+
+def decide_retry(
+    p: RetryPolicy,
+    retries_done: int,
+    outcome: Outcome,
+    status: int,
+    grpc_status: int | None,
+    ratelimited: bool,
+    budget_left: bool,
+    rand: float,
+) -> float | Refused | None:
+    """Seconds to wait before the next attempt; Refused if retriable but not allowed; None if this
+    outcome is final (not retriable)."""
+    if not retriable(p, outcome, status, grpc_status, ratelimited):
+        return None
+    if retries_done >= p.num_retries:
+        return Refused.LIMIT
+    if not budget_left:
+        return Refused.OVERFLOW
+    return backoff(p, retries_done + 1, rand)
