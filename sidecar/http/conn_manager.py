@@ -192,6 +192,7 @@ class Stream:
         "conn",
         "expect_continue",
         "filters",
+        "flags",
         "head",
         "head_only",
         "host_missing",
@@ -226,6 +227,7 @@ class Stream:
         self.body_expected = False  # set by the codec: content-length > 0 or chunked
         self.refuse = 0  # set by the codec: a status the connection manager must answer with
         self.expect_continue = False  # the request asked for `100-continue`
+        self.flags: list[str] | None = None  # Envoy's response flags (%RESPONSE_FLAGS%), e.g. UF, URX
         self.host_missing = False  # no Host header at all (an empty one is allowed, RFC 9112 3.2)
         self.status = 0
         self.request_id = b""
@@ -405,6 +407,19 @@ class Stream:
                 self.conn.write(LAST_CHUNK)
             self._response_complete()
 
+    def flag(self, code: str) -> None:
+        """Record an Envoy response flag (UH, UF, UC, URX, UT, NR, NC, SI, DPE, ...) for this request."""
+        flags = self.flags
+        if flags is None:
+            self.flags = [code]
+        elif code not in flags:
+            flags.append(code)
+
+    @property
+    def response_flags(self) -> str:
+        """%RESPONSE_FLAGS% as Envoy prints it: comma-separated short codes, or "-"."""
+        return ",".join(self.flags) if self.flags else "-"
+
     def local_reply(
         self, status: int, body: bytes | None, extra: Headers | None = None, close: bool = False
     ) -> None:
@@ -459,6 +474,11 @@ class Stream:
         arriving, 504 while waiting on the upstream, a reset once the response has started."""
         rt = self.rt
         rt.stats.downstream_rq_timeout += 1
+        # Envoy's flags: SI for stream_idle_timeout, DT for max_stream_duration.
+        if body == b"stream timeout":
+            self.flag("SI")
+        elif body.startswith(b"downstream duration"):
+            self.flag("DT")
         if self.resp_started:
             self.conn.abort()
             return

@@ -98,6 +98,7 @@ class Router(PassThrough):
         rt = stream.rt
         route = stream.route
         if route is None:
+            stream.flag("NR")
             rt.stats.no_route += 1
             stream.local_reply(404, None)
             return STOP
@@ -142,12 +143,14 @@ class Router(PassThrough):
         self.weight = cw
         cluster = rt.cluster_manager.clusters.get(name)
         if cluster is None:
+            stream.flag("NC")
             rt.stats.no_cluster += 1
             stream.local_reply(action.cluster_not_found_response_code, None)
             return STOP
         self.cluster = cluster
         host = cluster.pick()
         if host is None:
+            stream.flag("UH")
             cluster.stats.upstream_cx_none_healthy += 1
             self._reply(503, local_reply.NO_HEALTHY_UPSTREAM)
             return STOP
@@ -303,13 +306,18 @@ class Router(PassThrough):
             stream.local_reply(503, None)  # resets the downstream
             return
         self.cluster.stats.upstream_rq_rx_reset += 1
+        # UF: the connection could not be made; UC: it was terminated before a response.
+        stream.flag("UF" if reason == local_reply.RESET_CONNECTION_FAILURE else "UC")
         if self.retry is not None:
             outcome = Outcome.CONNECT_FAILURE if reason == local_reply.RESET_CONNECTION_FAILURE else Outcome.RESET
             if self._maybe_retry(outcome, 0, None, False):
                 return
         # Envoy: an unparseable upstream response is 502 (protocol error), other resets 503.
         status = 502 if reason == local_reply.RESET_PROTOCOL_ERROR else 503
-        prefix = local_reply.UPSTREAM_RETRIED_PREFIX if self.retries_done else local_reply.UPSTREAM_RESET_PREFIX
+        prefix = local_reply.UPSTREAM_RESET_PREFIX
+        if self.retries_done:
+            stream.flag("URX")  # retries ran out
+            prefix = local_reply.UPSTREAM_RETRIED_PREFIX
         self._reply(status, prefix + reason)
 
     def on_upstream_headers(self, status: int, headers: Headers) -> None:
@@ -393,6 +401,8 @@ class Router(PassThrough):
         cs = self.cluster.stats
         if isinstance(decision, Refused):
             cs.upstream_rq_retry_limit_exceeded += 1
+            if outcome is Outcome.RESPONSE:
+                stream.flag("URX")
             return False
         self._cancel_per_try()
         conn = self.conn
@@ -483,6 +493,7 @@ class Router(PassThrough):
         stream = self.stream
         assert stream is not None and self.cluster is not None
         self.cluster.stats.upstream_rq_timeout += 1
+        stream.flag("UT")
         if self.host is not None:
             self.host.rq_timeout += 1
         conn = self.conn

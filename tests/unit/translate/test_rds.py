@@ -510,8 +510,8 @@ REFUSALS = [
     ),
     # Fields sidecar does not implement (yet): refused with their path.
     (
-        one_route({"route": {"cluster": "c", "retry_policy": {"retry_on": "5xx"}}}),
-        f"{R}.route.retry_policy",
+        one_route({"route": {"cluster": "c", "retry_policy": {"retry_on": "5xx", "retry_priority": {"name": "p"}}}}),
+        f"{R}.route.retry_policy.retry_priority",
         "not supported",
     ),
     (one_route({"decorator": {"operation": "op"}}), f"{R}.decorator", "not supported"),
@@ -520,7 +520,11 @@ REFUSALS = [
         f"{R}.match.runtime_fraction",
         "not supported",
     ),
-    (one_route({}, {"retry_policy": {"num_retries": 2}}), f"{V}.retry_policy", "not supported"),
+    (
+        one_route({}, {"retry_policy": {"retry_on": "retriable-headers"}}),
+        f"{V}.retry_policy.retry_on",
+        "not supported",
+    ),
     (one_route({}, vhds={"config_source": {"ads": {}}}), f"{P}.vhds", "not supported"),
     (
         one_route({"route": {"weighted_clusters": {"clusters": [{"cluster_header": "x", "weight": 1}]}}}),
