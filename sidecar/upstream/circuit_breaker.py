@@ -1,0 +1,51 @@
+"""Circuit breaking, pure: the per-cluster limits of Envoy's ResourceManager (default priority).
+
+`Breaker` counts open connections, pending requests, active requests and active retries of one
+cluster in one worker, and says whether one more may start.  Envoy's defaults: 1024 connections,
+1024 pending requests, 1024 requests, 3 retries.  Overflow is the caller's to answer (503 with
+x-envoy-overloaded and the UO flag, counted in upstream_rq_pending_overflow and friends)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    max_connections: int = 1024
+    max_pending_requests: int = 1024
+    max_requests: int = 1024
+    max_retries: int = 3
+
+
+class Breaker:
+    __slots__ = ("connections", "limits", "pending", "requests", "retries")
+
+    def __init__(self, limits: Thresholds) -> None:
+        self.limits = limits
+        self.connections = 0
+        self.pending = 0
+        self.requests = 0
+        self.retries = 0
+
+    def can_connect(self) -> bool:
+        return self.connections < self.limits.max_connections
+
+    def can_queue(self) -> bool:
+        return self.pending < self.limits.max_pending_requests
+
+    def can_request(self) -> bool:
+        return self.requests < self.limits.max_requests
+
+    def can_retry(self) -> bool:
+        return self.retries < self.limits.max_retries
+
+    # Gauges Envoy exports as circuit_breakers.default.*_open (1 when the breaker is tripped).
+    def open_flags(self) -> dict[str, int]:
+        lim = self.limits
+        return {
+            "cx_open": int(self.connections >= lim.max_connections),
+            "rq_pending_open": int(self.pending >= lim.max_pending_requests),
+            "rq_open": int(self.requests >= lim.max_requests),
+            "rq_retry_open": int(self.retries >= lim.max_retries),
+        }
