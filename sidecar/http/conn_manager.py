@@ -502,6 +502,30 @@ class Stream:
             f.on_destroy(self)
         self.filters = ()
 
+    # -- resume_request (added for the fault filter's delay, issue 3; no stream state of its own) --
+    def resume_request(self, after: Any, end: bool, held: list[tuple[bytes, bool]] | None = None) -> None:
+        """Continue a request that filter `after` stopped (its on_request_head returned STOP): the
+        head (`end` as that filter saw it), then the body chunks it held meanwhile, go through the
+        filters after it (Envoy's continueDecoding)."""
+        if self.resp_done:
+            return
+        filters = self.filters
+        try:
+            rest = filters[filters.index(after) + 1 :]
+        except ValueError:
+            return  # the filters are gone (reset or timeout): nothing to continue
+        head = self.head
+        for f in rest:
+            if f.on_request_head(self, head, end) == STOP:
+                break
+        for chunk, last in held or ():
+            if self.resp_done:
+                return
+            for f in rest:
+                if f.on_request_body(self, chunk, last) == STOP:
+                    break
+    # -- end resume_request ------------------------------------------------------------------------
+
     # -- flow control (called by the connection) --------------------------------------------------
     def on_downstream_pause(self) -> None:
         for f in self.filters:

@@ -41,11 +41,12 @@ CONTROL_HEADERS = frozenset(
         b"x-envoy-is-timeout-retry",
         b"x-envoy-ip-tags",
         b"x-envoy-force-trace",
-        b"x-envoy-decorator-operation",
-        b"x-envoy-downstream-service-cluster",
-        b"x-envoy-downstream-service-node",
         b"x-envoy-upstream-stream-duration-ms",
     }
+)
+# Stripped only at the edge (use_remote_address), where the peer is not another Envoy.
+EDGE_ONLY_HEADERS = frozenset(
+    {b"x-envoy-decorator-operation", b"x-envoy-downstream-service-cluster", b"x-envoy-downstream-service-node"}
 )
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te", b"http2-settings"}
@@ -142,6 +143,10 @@ def mutate_request_headers(head: RequestHead, cfg: HttpConnectionManager, peer_i
         headers = head.headers = [h for h in headers if h[0] not in CONTROL_HEADERS]
     edge = cfg.use_remote_address
     if edge:
+        for k, _ in headers:
+            if k in EDGE_ONLY_HEADERS:
+                headers = head.headers = [h for h in headers if h[0] not in EDGE_ONLY_HEADERS]
+                break
         if not cfg.skip_xff_append:
             appended = local_address() if _is_loopback(peer_ip) else peer_ip
             xff = head.get(b"x-forwarded-for")

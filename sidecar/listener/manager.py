@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from sidecar.http.conn_manager import HcmRuntime
-from sidecar.http.filters.router import Router
+from sidecar.http.filters.registry import filter_factories
 from sidecar.http.protocol import Http1ServerConnection
 from sidecar.http.timeouts import Timeouts
 from sidecar.l4.tcp_proxy import TcpProxyConnection, TcpProxyRuntime
@@ -84,7 +84,8 @@ class ListenerManager:
         terminal = chain.filters[-1]
         limit = listener.per_connection_buffer_limit_bytes
         if isinstance(terminal, HttpConnectionManager):
-            rt = HcmRuntime(terminal, self.cm, self.stats, self.loop, (Router,), limit, self.timeouts)
+            factories = filter_factories(terminal, self.stats)  # http_filters, router last
+            rt = HcmRuntime(terminal, self.cm, self.stats, self.loop, factories, limit, self.timeouts)
             return lambda: Http1ServerConnection(rt, conns)
         assert isinstance(terminal, TcpProxy)
         trt = TcpProxyRuntime(terminal, self.cm, self.stats, self.loop, limit)

@@ -39,6 +39,14 @@ class Cluster:
     # Envoy's default connect_timeout is 5 s.
     connect_timeout: float = 5.0
     lb_policy: LbPolicy = LbPolicy.ROUND_ROBIN
+    # least_request_lb_config: choice_count (default 2) and active_request_bias (default 1.0; None
+    # when not configured, which keeps power-of-two-choices for equal weights).
+    least_request_choice_count: int = 2
+    least_request_active_request_bias: float | None = None
+    # ring_hash_lb_config (XX_HASH only) and maglev_lb_config, with Envoy's defaults.
+    ring_hash_minimum_ring_size: int = 1024
+    ring_hash_maximum_ring_size: int = 8 * 1024 * 1024
+    maglev_table_size: int = 65537
     # For STATIC: the resolved endpoints.  For STRICT/LOGICAL_DNS: hostnames to resolve (off the hot
     # path, by upstream/dns.py) into endpoints with the same weight and port.
     endpoints: tuple[Endpoint, ...] = ()

@@ -94,6 +94,23 @@ class RegexRewrite:
     substitution: str
 
 
+class HashPolicyKind(Enum):
+    HEADER = "header"
+    COOKIE = "cookie"
+    SOURCE_IP = "source_ip"
+    QUERY_PARAMETER = "query_parameter"
+
+
+@dataclass(frozen=True, slots=True)
+class HashPolicy:
+    """One RouteAction.hash_policy entry (routing/hash_policy.py evaluates it).  `name` is the
+    lowercase header name, the cookie name or the query parameter name ("" for source_ip)."""
+
+    kind: HashPolicyKind
+    name: str = ""
+    terminal: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class RouteAction:
     cluster: str = ""
@@ -111,6 +128,8 @@ class RouteAction:
     # Envoy's default route timeout is 15 s; 0 disables it.
     timeout: float = 15.0
     idle_timeout: float = 0.0
+    # RouteAction.hash_policy, for RING_HASH / MAGLEV clusters (empty: a random host).
+    hash_policy: tuple[HashPolicy, ...] = ()
     # The route's retry_policy, else the virtual host's (Envoy: the route's wins whole, no merge).
     retry_policy: RetryPolicy | None = None
     # Derived once here so the router reads one flag per request instead of six fields:

@@ -8,6 +8,8 @@ or, when that is absent, from the deprecated Cluster fields, as Envoy's ClusterI
 
 from __future__ import annotations
 
+from typing import Any
+
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2
@@ -18,6 +20,7 @@ from sidecar.model.endpoint import Endpoint, SocketAddress
 from sidecar.translate.common import config_hash, enum_name, log_ignored, socket_address, unpack
 from sidecar.translate.errors import ConfigError
 from sidecar.translate.fields import check_fields, opt_duration, opt_uint
+from sidecar.upstream.lb.maglev import is_prime
 
 # The names Envoy registers HttpProtocolOptions under (the current one and the pre-1.17 one).
 HTTP_PROTOCOL_OPTIONS = (
@@ -26,7 +29,13 @@ HTTP_PROTOCOL_OPTIONS = (
 )
 _HPO = http_protocol_options_pb2.HttpProtocolOptions
 _SUPPORTED_TYPES = {"STATIC", "STRICT_DNS", "LOGICAL_DNS"}
-_SUPPORTED_LB = {"ROUND_ROBIN", "RANDOM"}
+_SUPPORTED_LB = {"ROUND_ROBIN", "RANDOM", "LEAST_REQUEST", "RING_HASH", "MAGLEV"}
+# The lb_config message each policy reads (Envoy ignores one that does not match lb_policy).
+_LB_CONFIG = {
+    "LEAST_REQUEST": "least_request_lb_config",
+    "RING_HASH": "ring_hash_lb_config",
+    "MAGLEV": "maglev_lb_config",
+}
 
 _HANDLED = (
     "name",
@@ -46,6 +55,9 @@ _HANDLED = (
     "respect_dns_ttl",
     "dns_lookup_family",
     "common_lb_config",
+    "least_request_lb_config",
+    "ring_hash_lb_config",
+    "maglev_lb_config",
 )
 # Stats naming, metadata for features we do not have, socket tuning, warming/cleanup knobs.
 _IGNORED = (
@@ -75,8 +87,13 @@ def translate_cluster(pb: cluster_pb2.Cluster, path: str) -> Cluster:
     lb = enum_name(pb, "lb_policy", path)
     if lb not in _SUPPORTED_LB:
         raise ConfigError(
-            f"{path}.lb_policy", f"{lb} is not supported by sidecar yet (ROUND_ROBIN and RANDOM are)"
+            f"{path}.lb_policy",
+            f"{lb} is not supported by sidecar yet "
+            "(ROUND_ROBIN, RANDOM, LEAST_REQUEST, RING_HASH and MAGLEV are)",
         )
+    lb_kw = _lb_config(pb, lb, path)
+    if lb in ("RING_HASH", "MAGLEV"):
+        _refuse_hash_keys(pb, path)
     if pb.HasField("common_lb_config"):
         check_fields(pb.common_lb_config, f"{path}.common_lb_config", handled=())
     connect_timeout = opt_duration(pb, "connect_timeout", 5.0)
@@ -99,7 +116,78 @@ def translate_cluster(pb: cluster_pb2.Cluster, path: str) -> Cluster:
         idle_timeout=idle_timeout,
         per_connection_buffer_limit_bytes=opt_uint(pb, "per_connection_buffer_limit_bytes", 1024 * 1024),
         config_hash=config_hash(pb),
+        **lb_kw,
     )
+
+
+def _refuse_hash_keys(pb: cluster_pb2.Cluster, path: str) -> None:
+    """An endpoint's metadata `envoy.lb: {hash_key: ...}` replaces its address as the ring/table key
+    in Envoy; sidecar always hashes the address, so refuse the key rather than place hosts elsewhere."""
+    for i, loc in enumerate(pb.load_assignment.endpoints):
+        for j, lbe in enumerate(loc.lb_endpoints):
+            fm = lbe.metadata.filter_metadata
+            if "envoy.lb" in fm and "hash_key" in fm["envoy.lb"].fields:
+                raise ConfigError(
+                    f"{path}.load_assignment.endpoints[{i}].lb_endpoints[{j}].metadata.filter_metadata"
+                    "[envoy.lb].hash_key",
+                    "field is not supported by sidecar yet",
+                )
+
+
+def _lb_config(pb: cluster_pb2.Cluster, lb: str, path: str) -> dict[str, Any]:
+    """Model fields from the lb_config message of the cluster's lb_policy (cluster.proto defaults and
+    bounds); a config message for another policy is ignored, as Envoy does."""
+    which = pb.WhichOneof("lb_config")
+    if which is None:
+        return {}
+    cp = f"{path}.{which}"
+    if which != _LB_CONFIG.get(lb):
+        log_ignored(cp, f"lb_policy is {lb}")
+        return {}
+    kw: dict[str, Any] = {}
+    if which == "least_request_lb_config":
+        c = pb.least_request_lb_config
+        # slow_start_config ramps new hosts' weights over time: not implemented.
+        check_fields(c, cp, handled=("choice_count", "active_request_bias"))
+        choice = opt_uint(c, "choice_count", 2)
+        if choice < 2:
+            raise ConfigError(f"{cp}.choice_count", "value must be greater than or equal to 2")
+        kw["least_request_choice_count"] = choice
+        if c.HasField("active_request_bias"):
+            # RuntimeDouble: there is no runtime layer here, so the default_value is the value.
+            bias = c.active_request_bias.default_value
+            if bias < 0:
+                raise ConfigError(f"{cp}.active_request_bias", "value must be greater than or equal to 0")
+            kw["least_request_active_request_bias"] = bias
+    elif which == "ring_hash_lb_config":
+        c = pb.ring_hash_lb_config
+        check_fields(c, cp, handled=("minimum_ring_size", "maximum_ring_size", "hash_function"))
+        if enum_name(c, "hash_function", cp) != "XX_HASH":
+            raise ConfigError(f"{cp}.hash_function", "MURMUR_HASH_2 is not supported by sidecar yet")
+        lo = opt_uint(c, "minimum_ring_size", 1024)
+        hi = opt_uint(c, "maximum_ring_size", 8 * 1024 * 1024)
+        for name, v in (("minimum_ring_size", lo), ("maximum_ring_size", hi)):
+            if v > 8 * 1024 * 1024:
+                raise ConfigError(f"{cp}.{name}", "value must be less than or equal to 8388608")
+        if lo > hi:
+            # Envoy's wording (RingHashLoadBalancer's constructor).
+            raise ConfigError(cp, f"ring hash: minimum_ring_size ({lo}) > maximum_ring_size ({hi})")
+        if lo == 0:
+            # A zero minimum would make an empty ring (Envoy divides by the ring share of 0 hashes).
+            raise ConfigError(f"{cp}.minimum_ring_size", "value must be greater than 0")
+        kw["ring_hash_minimum_ring_size"] = lo
+        kw["ring_hash_maximum_ring_size"] = hi
+    else:
+        c = pb.maglev_lb_config
+        check_fields(c, cp, handled=("table_size",))
+        size = opt_uint(c, "table_size", 65537)
+        if size > 5000011:
+            raise ConfigError(f"{cp}.table_size", "value must be less than or equal to 5000011")
+        if not is_prime(size):
+            # Envoy's wording (MaglevLoadBalancer's constructor).
+            raise ConfigError(f"{cp}.table_size", "The table size of maglev must be prime number")
+        kw["maglev_table_size"] = size
+    return kw
 
 
 def _endpoints(pb: cluster_pb2.Cluster, kind: str, path: str) -> tuple[Endpoint, ...]:

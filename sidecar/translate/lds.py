@@ -16,6 +16,7 @@ from collections.abc import Collection
 
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
@@ -44,6 +45,7 @@ from sidecar.translate.errors import ConfigError
 from sidecar.translate.fields import check_fields, opt_duration, opt_uint
 
 ROUTER = router_pb2.Router.DESCRIPTOR.full_name
+FAULT = fault_pb2.HTTPFault.DESCRIPTOR.full_name
 
 _LISTENER_HANDLED = (
     "name",
@@ -354,6 +356,9 @@ def _http_filters(pb: hcm_pb2.HttpConnectionManager, path: str) -> tuple[HttpFil
             if not f.is_optional:
                 raise
             msg = None
+        if isinstance(msg, fault_pb2.HTTPFault):
+            out.append(_fault_filter(f, msg, fp, i == last))
+            continue
         if not isinstance(msg, router_pb2.Router):
             kind = msg.DESCRIPTOR.full_name if msg is not None else type_name(f.typed_config.type_url)
             if f.is_optional:  # HttpFilter.is_optional: a client without the filter may skip it
@@ -381,6 +386,23 @@ def _http_filters(pb: hcm_pb2.HttpConnectionManager, path: str) -> tuple[HttpFil
             f"{path}.http_filters", "the router filter (envoy.filters.http.router) must be last"
         )
     return tuple(out)
+
+
+def _fault_filter(f: hcm_pb2.HttpFilter, msg: fault_pb2.HTTPFault, fp: str, last: bool) -> HttpFilterConfig:
+    """envoy.filters.http.fault: any position before the router (translate/rds.py translates it)."""
+    from sidecar.translate.rds import translate_fault  # rds.py imports routing: keep it lazy
+
+    if last:
+        raise ConfigError(
+            fp,
+            f"Error: non-terminal filter named {f.name} of type envoy.filters.http.fault "
+            "is the last filter in a http filter chain.",
+        )
+    if f.disabled:
+        # Disabled by default and enabled per route (config.route.v3.FilterConfig): not yet.
+        raise ConfigError(f"{fp}.disabled", "a disabled fault filter is not supported by sidecar yet")
+    settings = translate_fault(msg, f"{fp}.typed_config")
+    return HttpFilterConfig(name=f.name, type_url=f"type.googleapis.com/{FAULT}", config=settings)
 
 
 def _check_route_clusters(rc: route_pb2.RouteConfiguration, path: str, clusters: Collection[str]) -> None:

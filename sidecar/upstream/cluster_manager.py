@@ -8,6 +8,7 @@ request path, on a timer (dns_refresh_rate)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import socket
@@ -16,7 +17,10 @@ from collections.abc import Iterable, Mapping
 from sidecar.model.cluster import Cluster, DiscoveryType, DnsLookupFamily, LbPolicy
 from sidecar.model.endpoint import Endpoint, SocketAddress
 from sidecar.observe.stats import Stats
+from sidecar.upstream.lb.least_request import LeastRequest
+from sidecar.upstream.lb.maglev import Maglev
 from sidecar.upstream.lb.random import WeightedRandom
+from sidecar.upstream.lb.ring_hash import RingHash, host_key
 from sidecar.upstream.lb.round_robin import RoundRobin
 from sidecar.upstream.pools.http1 import Http1Pool
 
@@ -141,8 +145,23 @@ class Host:
         self.pool = Http1Pool(self, loop)
 
 
+_Lb = RoundRobin | WeightedRandom | LeastRequest | RingHash | Maglev
+
+
 class ClusterState:
-    __slots__ = ("_lb", "_rand", "config", "healthy_hosts", "hosts", "loop", "name", "stats")
+    __slots__ = (
+        "_lb",
+        "_lb_for",
+        "_rand",
+        "_rand64",
+        "config",
+        "hashing",
+        "healthy_hosts",
+        "hosts",
+        "loop",
+        "name",
+        "stats",
+    )
 
     def __init__(self, config: Cluster, stats: Stats, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
@@ -151,8 +170,14 @@ class ClusterState:
         self.stats = ClusterStats(stats, config.name)
         self.hosts: tuple[Host, ...] = ()
         self.healthy_hosts: tuple[Host, ...] = ()
-        self._lb: RoundRobin | WeightedRandom | None = None
+        self._lb: _Lb | None = None
+        # The (address, weight) list the balancer was built for: a DNS refresh that changes nothing
+        # keeps it (a Maglev table costs tens of ms to build; a cursor keeps its place).
+        self._lb_for: tuple[tuple[SocketAddress, int], ...] | None = None
         self._rand = random.Random()
+        self._rand64 = functools.partial(self._rand.getrandbits, 64)
+        # True for RING_HASH / MAGLEV: the router computes the route's hash_policy only then.
+        self.hashing = config.lb_policy in (LbPolicy.RING_HASH, LbPolicy.MAGLEV)
         if config.type is DiscoveryType.STATIC:
             self.set_endpoints(config.endpoints)
 
@@ -175,22 +200,51 @@ class ClusterState:
         self.healthy_hosts = tuple(h for h in hosts if h.healthy)
         self.stats.membership_total = len(self.hosts)
         self.stats.membership_healthy = len(self.healthy_hosts)
-        weights = tuple(h.weight for h in self.healthy_hosts)
-        if not weights:
-            self._lb = None
-        elif self.config.lb_policy is LbPolicy.RANDOM:
-            self._lb = WeightedRandom(weights)
-        else:
-            self._lb = RoundRobin(weights, start=self._rand.randrange(len(weights)))
+        built_for = tuple((h.address, h.weight) for h in self.healthy_hosts)
+        if built_for != self._lb_for:
+            self._lb = self._build_lb(tuple(h.weight for h in self.healthy_hosts))
+            self._lb_for = built_for
 
-    def pick(self) -> Host | None:
-        """The host for the next request, or None when no host is healthy (503 `no healthy upstream`)."""
+    def _build_lb(self, weights: tuple[int, ...]) -> _Lb | None:
+        """The load balancer over healthy_hosts for the cluster's lb_policy (indices = positions)."""
+        if not weights:
+            return None
+        cfg = self.config
+        policy = cfg.lb_policy
+        if policy is LbPolicy.RANDOM:
+            return WeightedRandom(weights)
+        if policy is LbPolicy.LEAST_REQUEST:
+            bias = cfg.least_request_active_request_bias
+            return LeastRequest(
+                weights,
+                cfg.least_request_choice_count,
+                1.0 if bias is None else bias,
+                bias_configured=bias is not None,
+            )
+        if policy is LbPolicy.RING_HASH or policy is LbPolicy.MAGLEV:
+            keys = tuple(host_key(h.address.host, h.address.port) for h in self.healthy_hosts)
+            if policy is LbPolicy.MAGLEV:
+                return Maglev(keys, weights, cfg.maglev_table_size)
+            return RingHash(keys, weights, cfg.ring_hash_minimum_ring_size, cfg.ring_hash_maximum_ring_size)
+        return RoundRobin(weights, start=self._rand.randrange(len(weights)))
+
+    def pick(self, hash_key: int | None = None) -> Host | None:
+        """The host for the next request, or None when no host is healthy (503 `no healthy upstream`).
+        `hash_key` is the request's hash for RING_HASH / MAGLEV; without one Envoy hashes a random
+        64-bit value (ThreadAwareLoadBalancerBase), i.e. a random host weighted by ring share."""
         lb = self._lb
         if lb is None:
             return None
         if type(lb) is RoundRobin:
             return self.healthy_hosts[lb.pick()]
-        return self.healthy_hosts[lb.pick(self._rand.getrandbits(32))]  # type: ignore[call-arg]
+        if type(lb) is LeastRequest:
+            return self.healthy_hosts[lb.pick(self.healthy_hosts, self._rand64)]
+        if type(lb) is WeightedRandom:
+            return self.healthy_hosts[lb.pick(self._rand.getrandbits(32))]
+        if hash_key is None:
+            hash_key = self._rand.getrandbits(64)
+        assert type(lb) is RingHash or type(lb) is Maglev
+        return self.healthy_hosts[lb.pick(hash_key)]
 
     def close(self) -> None:
         for h in self.hosts:

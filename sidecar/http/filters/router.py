@@ -148,7 +148,7 @@ class Router(PassThrough):
             stream.local_reply(action.cluster_not_found_response_code, None)
             return STOP
         self.cluster = cluster
-        host = cluster.pick()
+        host = cluster.pick(self._hash_key(action, head)) if cluster.hashing else cluster.pick()
         if host is None:
             stream.flag("UH")
             cluster.stats.upstream_cx_none_healthy += 1
@@ -196,6 +196,15 @@ class Router(PassThrough):
             self._request_complete()
         host.pool.acquire(self)
         return STOP
+
+    def _hash_key(self, action: RouteAction, head: RequestHead) -> int | None:
+        """RING_HASH / MAGLEV only: the route's hash_policy over this request (None: a random host)."""
+        if not action.hash_policy:
+            return None
+        from sidecar.routing.hash_policy import request_hash  # only hashing clusters pay for it
+
+        conn = self.downstream
+        return request_hash(action.hash_policy, head, conn.peer_ip if conn is not None else b"")
 
     def _rewrite(
         self, route: Route, action: RouteAction, head: RequestHead, host: Host, cw: ClusterWeight | None

@@ -185,14 +185,10 @@ def test_static_cluster_without_load_assignment_is_empty() -> None:
         ({"type": "EDS"}, f"{P}.type", "EDS clusters are not supported by sidecar yet"),
         ({"type": "ORIGINAL_DST"}, f"{P}.type", "ORIGINAL_DST clusters are not supported by sidecar yet"),
         (
-            {"lb_policy": "LEAST_REQUEST"},
+            {"lb_policy": "CLUSTER_PROVIDED"},
             f"{P}.lb_policy",
-            "LEAST_REQUEST is not supported by sidecar yet (ROUND_ROBIN and RANDOM are)",
-        ),
-        (
-            {"lb_policy": "RING_HASH"},
-            f"{P}.lb_policy",
-            "RING_HASH is not supported by sidecar yet (ROUND_ROBIN and RANDOM are)",
+            "CLUSTER_PROVIDED is not supported by sidecar yet "
+            "(ROUND_ROBIN, RANDOM, LEAST_REQUEST, RING_HASH and MAGLEV are)",
         ),
         ({"lb_policy": 77}, f"{P}.lb_policy", "value must be one of the defined enum values, got 77"),
         ({"connect_timeout": "0s"}, f"{P}.connect_timeout", "value must be greater than 0s"),
