@@ -252,6 +252,7 @@ class Server:
         if state is None:
             return []
         out = []
+        od = state.detector
         for h in state.hosts:
             out.append(
                 HostInfo(
@@ -259,6 +260,7 @@ class Server:
                     weight=h.weight,
                     hostname=h.hostname,
                     eds_health_status=h.endpoint.health_status if h.endpoint.health_status != "UNKNOWN" else "HEALTHY",
+                    health_flags=("failed_outlier_check",) if od is not None and od.ejected(h.address) else (),
                     cx_connect_fail=h.cx_connect_fail,
                     rq_error=h.rq_error,
                     rq_success=h.rq_success,

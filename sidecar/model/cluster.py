@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from sidecar.model.endpoint import Endpoint
+from sidecar.model.outlier import OutlierDetection
 
 
 class DiscoveryType(Enum):
@@ -30,6 +31,16 @@ class DnsLookupFamily(Enum):
     V6_ONLY = "V6_ONLY"
     V4_PREFERRED = "V4_PREFERRED"
     ALL = "ALL"
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """circuit_breakers.thresholds (DEFAULT priority), Envoy's defaults."""
+
+    max_connections: int = 1024
+    max_pending_requests: int = 1024
+    max_requests: int = 1024
+    max_retries: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,3 +72,12 @@ class Cluster:
     per_connection_buffer_limit_bytes: int = 1024 * 1024
     # The bytes of the proto that produced this cluster: live state is kept while it is unchanged.
     config_hash: int = 0
+    # outlier_detection (None: no detector, as in Envoy when the field is absent).
+    outlier_detection: OutlierDetection | None = None
+    # common_lb_config.healthy_panic_threshold (percent; 0 disables panic mode).
+    healthy_panic_threshold: float = 50.0
+    # common_lb_config.update_merge_window: health changes (outlier ejections) within this long of
+    # the previous one reach the load balancer together, at the end of the window.
+    update_merge_window: float = 1.0
+    # circuit_breakers.thresholds for the DEFAULT priority (Envoy's defaults when absent).
+    circuit_breakers: Thresholds = Thresholds()

@@ -1,6 +1,7 @@
 """A cluster's outlier_detection (Envoy's config.cluster.v3.OutlierDetection), translated.
 
-Percentages are 0..100, times in seconds; defaults are Envoy's documented ones."""
+Percentages are 0..100, times in seconds; defaults are Envoy's documented ones (an unset
+max_ejection_time is max(300 s, base_ejection_time), computed by translate/cds.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ class OutlierDetection:
     base_ejection_time: float = 30.0
     max_ejection_time: float = 300.0
     max_ejection_percent: int = 10
+    # Envoy >= 1.29: eject one host even when that exceeds max_ejection_percent (default false).
+    always_eject_one_host: bool = False
     success_rate_minimum_hosts: int = 5
     success_rate_request_volume: int = 100
     success_rate_stdev_factor: int = 1900

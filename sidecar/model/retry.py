@@ -34,7 +34,6 @@ class RetryPolicy:
     # Envoy: num_retries defaults to 1.
     num_retries: int = 1
     per_try_timeout: float = 0.0
-    per_try_idle_timeout: float = 0.0
     retriable_status_codes: frozenset[int] = frozenset()
     # retry_back_off: base 25 ms, max 10x base (fully jittered exponential).
     base_interval: float = 0.025

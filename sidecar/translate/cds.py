@@ -15,11 +15,12 @@ from envoy.config.core.v3 import address_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
-from sidecar.model.cluster import Cluster, DiscoveryType, DnsLookupFamily, LbPolicy
+from sidecar.model.cluster import Cluster, DiscoveryType, DnsLookupFamily, LbPolicy, Thresholds
 from sidecar.model.endpoint import Endpoint, SocketAddress
 from sidecar.translate.common import config_hash, enum_name, log_ignored, socket_address, unpack
 from sidecar.translate.errors import ConfigError
 from sidecar.translate.fields import check_fields, opt_duration, opt_uint
+from sidecar.translate.outlier import translate_outlier_detection
 from sidecar.upstream.lb.maglev import is_prime
 
 # The names Envoy registers HttpProtocolOptions under (the current one and the pre-1.17 one).
@@ -58,6 +59,8 @@ _HANDLED = (
     "least_request_lb_config",
     "ring_hash_lb_config",
     "maglev_lb_config",
+    "outlier_detection",
+    "circuit_breakers",
 )
 # Stats naming, metadata for features we do not have, socket tuning, warming/cleanup knobs.
 _IGNORED = (
@@ -103,6 +106,7 @@ def translate_cluster(pb: cluster_pb2.Cluster, path: str) -> Cluster:
     if dns_refresh_rate <= 0.001:
         raise ConfigError(f"{path}.dns_refresh_rate", "value must be greater than 1ms")
     idle_timeout, max_requests = _protocol_options(pb, path)
+    breakers = _circuit_breakers(pb, path)
     return Cluster(
         name=pb.name,
         type=DiscoveryType[kind],
@@ -116,8 +120,42 @@ def translate_cluster(pb: cluster_pb2.Cluster, path: str) -> Cluster:
         idle_timeout=idle_timeout,
         per_connection_buffer_limit_bytes=opt_uint(pb, "per_connection_buffer_limit_bytes", 1024 * 1024),
         config_hash=config_hash(pb),
+        outlier_detection=(
+            translate_outlier_detection(pb.outlier_detection, f"{path}.outlier_detection")
+            if pb.HasField("outlier_detection")
+            else None
+        ),
+        circuit_breakers=breakers,
         **lb_kw,
     )
+
+
+def _circuit_breakers(pb: cluster_pb2.Cluster, path: str) -> Thresholds:
+    """circuit_breakers.thresholds[priority DEFAULT]; HIGH-priority thresholds are kept by Envoy for
+    high-priority routes, which sidecar does not have (every route is DEFAULT), so they are refused."""
+    if not pb.HasField("circuit_breakers"):
+        return Thresholds()
+    cb = pb.circuit_breakers
+    cp = f"{path}.circuit_breakers"
+    check_fields(cb, cp, handled=("thresholds",))
+    out = Thresholds()
+    for i, t in enumerate(cb.thresholds):
+        tp = f"{cp}.thresholds[{i}]"
+        check_fields(
+            t,
+            tp,
+            handled=("priority", "max_connections", "max_pending_requests", "max_requests", "max_retries"),
+            ignored=("track_remaining",),
+        )
+        if t.priority != 0:
+            raise ConfigError(f"{tp}.priority", "only DEFAULT priority thresholds are supported by sidecar yet")
+        out = Thresholds(
+            max_connections=opt_uint(t, "max_connections", 1024),
+            max_pending_requests=opt_uint(t, "max_pending_requests", 1024),
+            max_requests=opt_uint(t, "max_requests", 1024),
+            max_retries=opt_uint(t, "max_retries", 3),
+        )
+    return out
 
 
 def _refuse_hash_keys(pb: cluster_pb2.Cluster, path: str) -> None:

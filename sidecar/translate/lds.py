@@ -389,8 +389,8 @@ def _http_filters(pb: hcm_pb2.HttpConnectionManager, path: str) -> tuple[HttpFil
 
 
 def _fault_filter(f: hcm_pb2.HttpFilter, msg: fault_pb2.HTTPFault, fp: str, last: bool) -> HttpFilterConfig:
-    """envoy.filters.http.fault: any position before the router (translate/rds.py translates it)."""
-    from sidecar.translate.rds import translate_fault  # rds.py imports routing: keep it lazy
+    """envoy.filters.http.fault: any position before the router (translate/fault.py translates it)."""
+    from sidecar.translate.fault import translate_fault  # imports rds (routing) lazily
 
     if last:
         raise ConfigError(

@@ -25,7 +25,6 @@ def translate_retry_policy(pb: rc_pb2.RetryPolicy, path: str) -> RetryPolicy:
             "retry_on",
             "num_retries",
             "per_try_timeout",
-            "per_try_idle_timeout",
             "retriable_status_codes",
             "retry_back_off",
             "retry_host_predicate",
@@ -44,8 +43,6 @@ def translate_retry_policy(pb: rc_pb2.RetryPolicy, path: str) -> RetryPolicy:
         kw["num_retries"] = pb.num_retries.value
     if pb.HasField("per_try_timeout"):
         kw["per_try_timeout"] = duration(pb.per_try_timeout)
-    if pb.HasField("per_try_idle_timeout"):
-        kw["per_try_idle_timeout"] = duration(pb.per_try_idle_timeout)
     if pb.retriable_status_codes:
         kw["retriable_status_codes"] = frozenset(pb.retriable_status_codes)
     if pb.HasField("retry_back_off"):

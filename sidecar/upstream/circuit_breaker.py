@@ -7,15 +7,9 @@ x-envoy-overloaded and the UO flag, counted in upstream_rq_pending_overflow and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from sidecar.model.cluster import Thresholds
 
-
-@dataclass(frozen=True, slots=True)
-class Thresholds:
-    max_connections: int = 1024
-    max_pending_requests: int = 1024
-    max_requests: int = 1024
-    max_retries: int = 3
+__all__ = ["Breaker", "Thresholds"]
 
 
 class Breaker:

@@ -17,11 +17,13 @@ from collections.abc import Iterable, Mapping
 from sidecar.model.cluster import Cluster, DiscoveryType, DnsLookupFamily, LbPolicy
 from sidecar.model.endpoint import Endpoint, SocketAddress
 from sidecar.observe.stats import Stats
+from sidecar.upstream.circuit_breaker import Breaker
 from sidecar.upstream.lb.least_request import LeastRequest
 from sidecar.upstream.lb.maglev import Maglev
 from sidecar.upstream.lb.random import WeightedRandom
 from sidecar.upstream.lb.ring_hash import RingHash, host_key
 from sidecar.upstream.lb.round_robin import RoundRobin
+from sidecar.upstream.outlier import OUTLIER_COUNTERS, OUTLIER_GAUGES, OutlierDetector
 from sidecar.upstream.pools.http1 import Http1Pool
 
 log = logging.getLogger("sidecar.upstream")
@@ -40,9 +42,13 @@ _CLUSTER_COUNTERS = (
     "upstream_cx_rx_bytes_total",
     "upstream_cx_total",
     "upstream_cx_tx_bytes_total",
+    "lb_healthy_panic",
     "upstream_rq_completed",
+    "upstream_cx_overflow",
+    "upstream_rq_pending_overflow",
     "upstream_rq_per_try_timeout",
     "upstream_rq_retry",
+    "upstream_rq_retry_overflow",
     "upstream_rq_retry_limit_exceeded",
     "upstream_rq_rx_reset",
     "upstream_rq_timeout",
@@ -69,9 +75,13 @@ class ClusterStats:
     upstream_cx_rx_bytes_total: int
     upstream_cx_total: int
     upstream_cx_tx_bytes_total: int
+    lb_healthy_panic: int
     upstream_rq_completed: int
+    upstream_cx_overflow: int
+    upstream_rq_pending_overflow: int
     upstream_rq_per_try_timeout: int
     upstream_rq_retry: int
+    upstream_rq_retry_overflow: int
     upstream_rq_retry_limit_exceeded: int
     upstream_rq_rx_reset: int
     upstream_rq_timeout: int
@@ -152,14 +162,22 @@ class ClusterState:
     __slots__ = (
         "_lb",
         "_lb_for",
+        "_merge_timer",
+        "_merged_at",
+        "_od_next",
+        "_od_timer",
         "_rand",
         "_rand64",
+        "_registry",
+        "breaker",
         "config",
+        "detector",
         "hashing",
         "healthy_hosts",
         "hosts",
         "loop",
         "name",
+        "panic",
         "stats",
     )
 
@@ -168,9 +186,31 @@ class ClusterState:
         self.name = config.name
         self.loop = loop
         self.stats = ClusterStats(stats, config.name)
+        # circuit_breakers for this cluster in this worker (Envoy shares them across workers).
+        self.breaker = Breaker(config.circuit_breakers)
         self.hosts: tuple[Host, ...] = ()
+        # The hosts the balancer indexes: the healthy, non-ejected ones, or every host in panic mode.
         self.healthy_hosts: tuple[Host, ...] = ()
+        self.panic = False
         self._lb: _Lb | None = None
+        # outlier_detection: the pure detector keyed by host address (its state survives endpoint
+        # refreshes), ticked every `interval` by a timer armed at the first reported result.
+        self._registry = stats
+        self.detector: OutlierDetector | None = None
+        self._od_timer: asyncio.TimerHandle | None = None
+        self._od_next = 0.0
+        # Envoy's update_merge_window (ClusterManagerImpl::scheduleUpdate): when the last health
+        # update reached the balancer, and the timer delivering merged ones.
+        self._merged_at = float("-inf")
+        self._merge_timer: asyncio.TimerHandle | None = None
+        if config.outlier_detection is not None:
+            self.detector = OutlierDetector(config.outlier_detection)
+            stats.block(
+                self.detector.stats,
+                f"cluster.{config.name}.outlier_detection.",
+                OUTLIER_COUNTERS,
+                OUTLIER_GAUGES,
+            )
         # The (address, weight) list the balancer was built for: a DNS refresh that changes nothing
         # keeps it (a Maglev table costs tens of ms to build; a cursor keeps its place).
         self._lb_for: tuple[tuple[SocketAddress, int], ...] | None = None
@@ -197,13 +237,66 @@ class ClusterState:
         for gone in old.values():
             gone.pool.close()
         self.hosts = tuple(hosts)
-        self.healthy_hosts = tuple(h for h in hosts if h.healthy)
-        self.stats.membership_total = len(self.hosts)
-        self.stats.membership_healthy = len(self.healthy_hosts)
+        if self.detector is not None:
+            self.detector.set_hosts(h.address for h in hosts)
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """healthy_hosts and the balancer from host health and outlier ejections.  Envoy's panic
+        mode: when the healthy share, scaled by the default overprovisioning factor 1.4, is below
+        common_lb_config.healthy_panic_threshold (50 %), balance over all hosts (lb_healthy_panic)."""
+        hosts = self.hosts
+        d = self.detector
+        healthy = tuple(h for h in hosts if h.healthy and (d is None or not d.ejected(h.address)))
+        self.stats.membership_total = len(hosts)
+        self.stats.membership_healthy = len(healthy)
+        threshold = self.config.healthy_panic_threshold
+        self.panic = bool(hosts) and threshold > 0 and 140.0 * len(healthy) / len(hosts) < threshold
+        self.healthy_hosts = hosts if self.panic else healthy
         built_for = tuple((h.address, h.weight) for h in self.healthy_hosts)
         if built_for != self._lb_for:
             self._lb = self._build_lb(tuple(h.weight for h in self.healthy_hosts))
             self._lb_for = built_for
+
+    def report(self, host: Host, status: int) -> None:
+        """One attempt's result for outlier detection (an HTTP status or LOCAL_ORIGIN_FAILURE);
+        the router calls this only when `detector` is set."""
+        d = self.detector
+        assert d is not None
+        if self._od_timer is None:
+            self._od_next = self.loop.time() + d.cfg.interval
+            self._od_timer = self.loop.call_at(self._od_next, self._on_interval)
+        if d.report(host.address, status, self.loop.time(), self._rand.random()):
+            self._health_changed()
+
+    def _health_changed(self) -> None:
+        """An ejection or return: rebuilt now when the last one is older than update_merge_window,
+        else merged and delivered when a window from now ends (Envoy's scheduleUpdate)."""
+        now = self.loop.time()
+        window = self.config.update_merge_window
+        if window <= 0 or now - self._merged_at > window:
+            self._apply_merged()
+        elif self._merge_timer is None:
+            self._merge_timer = self.loop.call_later(window, self._apply_merged)
+
+    def _apply_merged(self) -> None:
+        if self._merge_timer is not None:
+            self._merge_timer.cancel()
+            self._merge_timer = None
+        self._merged_at = self.loop.time()
+        self._rebuild()
+
+    def _on_interval(self) -> None:
+        d = self.detector
+        assert d is not None
+        now = self.loop.time()
+        ejected, returned = d.tick(now, self._rand.random())
+        if ejected or returned:
+            self._health_changed()
+        # On a fixed grid: re-arming from each late firing would drift, and a drifting tick can
+        # land exactly update_merge_window after the ejection it lifts (then merged, 1 s late).
+        self._od_next = max(self._od_next + d.cfg.interval, now + d.cfg.interval / 2)
+        self._od_timer = self.loop.call_at(self._od_next, self._on_interval)
 
     def _build_lb(self, weights: tuple[int, ...]) -> _Lb | None:
         """The load balancer over healthy_hosts for the cluster's lb_policy (indices = positions)."""
@@ -235,6 +328,8 @@ class ClusterState:
         lb = self._lb
         if lb is None:
             return None
+        if self.panic:
+            self.stats.lb_healthy_panic += 1
         if type(lb) is RoundRobin:
             return self.healthy_hosts[lb.pick()]
         if type(lb) is LeastRequest:
@@ -249,6 +344,12 @@ class ClusterState:
     def close(self) -> None:
         for h in self.hosts:
             h.pool.close()
+        for timer in (self._od_timer, self._merge_timer):
+            if timer is not None:
+                timer.cancel()
+        self._od_timer = self._merge_timer = None
+        if self.detector is not None:
+            self._registry.forget(self.detector.stats)
 
 
 def _family(f: DnsLookupFamily) -> int:

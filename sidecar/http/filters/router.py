@@ -21,6 +21,7 @@ from sidecar.http.timeouts import Deadline
 from sidecar.model.retry import RetryPolicy
 from sidecar.model.route import ClusterWeight, DirectResponseAction, RedirectAction, Route, RouteAction
 from sidecar.routing import rewrite, weighted
+from sidecar.upstream.outlier import LOCAL_ORIGIN_FAILURE
 from sidecar.upstream.retry import Outcome, Refused, decide_retry
 
 if TYPE_CHECKING:
@@ -40,6 +41,8 @@ class Router(PassThrough):
         "body_chunked",
         "cluster",
         "conn",
+        "counted",
+        "counted_active",
         "done",
         "downstream",
         "host",
@@ -52,6 +55,7 @@ class Router(PassThrough):
         "request_complete",
         "retries_done",
         "retry",
+        "retry_slot",
         "sent_at",
         "started_at",
         "stream",
@@ -78,6 +82,9 @@ class Router(PassThrough):
         # True once the whole request went to the upstream: an upstream connection that answered
         # before that is mid-request and must not go back to the pool.
         self.request_complete = False
+        self.counted = False  # holds one of the cluster's max_requests
+        self.counted_active = False  # counted in upstream_rq_active / host rq_active
+        self.retry_slot = False  # holds one of the cluster's max_retries
         self.started_at = 0.0  # when the global timeout started (the request was complete)
         # Retries (upstream/retry.py): the policy, what was sent (for replay), the hosts tried.
         self.retry: RetryPolicy | None = None
@@ -187,15 +194,36 @@ class Router(PassThrough):
             self.replay = [head_bytes]
             if retry.avoid_previous_hosts:
                 self.tried = [host]
+        breaker = cluster.breaker
+        if breaker.requests >= breaker.limits.max_requests:
+            # circuit_breakers max_requests: Envoy's overflow reply, counted as a pending overflow.
+            cluster.stats.upstream_rq_pending_overflow += 1
+            self.on_upstream_overflow()
+            return STOP
+        breaker.requests += 1
+        self.counted = True
         cs = cluster.stats
         cs.upstream_rq_total += 1
         cs.upstream_rq_active += 1
         host.rq_total += 1
         host.rq_active += 1
+        self.counted_active = True
         if end:
             self._request_complete()
         host.pool.acquire(self)
         return STOP
+
+    def on_upstream_overflow(self) -> None:
+        """A circuit breaker said no: 503 `... reset reason: overflow` with x-envoy-overloaded (UO)."""
+        stream = self.stream
+        assert stream is not None
+        stream.flag("UO")
+        self._cleanup()
+        if self.cluster is not None:
+            self.cluster.stats.response(503)
+        extra: Headers = [(b"x-envoy-overloaded", b"true")]
+        apply_response_mutations(extra, stream, self.weight)
+        stream.local_reply(503, local_reply.UPSTREAM_RESET_PREFIX + local_reply.RESET_OVERFLOW, extra)
 
     def _hash_key(self, action: RouteAction, head: RequestHead) -> int | None:
         """RING_HASH / MAGLEV only: the route's hash_policy over this request (None: a random host)."""
@@ -310,6 +338,8 @@ class Router(PassThrough):
         assert stream is not None and self.host is not None and self.cluster is not None
         self.conn = None
         self.host.rq_error += 1
+        if self.cluster.detector is not None and reason != local_reply.RESET_OVERFLOW:
+            self.cluster.report(self.host, LOCAL_ORIGIN_FAILURE)  # outlier detection: local origin
         if stream.resp_started:
             self._cleanup()
             stream.local_reply(503, None)  # resets the downstream
@@ -335,6 +365,8 @@ class Router(PassThrough):
             return
         assert self.cluster is not None
         self.cluster.stats.response(status)
+        if self.cluster.detector is not None and self.host is not None:
+            self.cluster.report(self.host, status)
         if self.retry is not None:
             grpc = None
             limited = False
@@ -404,23 +436,32 @@ class Router(PassThrough):
         assert retry is not None and stream is not None and self.cluster is not None
         if stream.resp_started or self.replay is None:
             return False  # never once response headers went downstream; never a body we dropped
-        decision = decide_retry(retry, self.retries_done, outcome, status, grpc, limited, True, random.random())
+        breaker = self.cluster.breaker
+        budget = self.retry_slot or breaker.retries < breaker.limits.max_retries
+        decision = decide_retry(retry, self.retries_done, outcome, status, grpc, limited, budget, random.random())
         if decision is None:
             return False
         cs = self.cluster.stats
+        if decision is Refused.OVERFLOW:
+            cs.upstream_rq_retry_overflow += 1
+            return False
         if isinstance(decision, Refused):
             cs.upstream_rq_retry_limit_exceeded += 1
             if outcome is Outcome.RESPONSE:
                 stream.flag("URX")
             return False
+        if not self.retry_slot:
+            breaker.retries += 1  # max_retries counts requests with a retry in progress
+            self.retry_slot = True
         self._cancel_per_try()
         conn = self.conn
         self.conn = None
         if conn is not None:
             conn.detach()  # the rest of this attempt's response is not wanted
-        if self.host is not None:
+        if self.counted_active and self.host is not None:
             self.host.rq_active -= 1
-        cs.upstream_rq_active -= 1
+            cs.upstream_rq_active -= 1
+            self.counted_active = False
         self.pending = None
         self.backoff_timer = stream.rt.loop.call_later(decision, self._retry_attempt)
         return True
@@ -471,6 +512,7 @@ class Router(PassThrough):
         cs.upstream_rq_active += 1
         host.rq_total += 1
         host.rq_active += 1
+        self.counted_active = True
         host.pool.acquire(self)
 
     def _arm_per_try(self) -> None:
@@ -489,7 +531,10 @@ class Router(PassThrough):
         if self.done or self.cluster is None:
             return
         self.cluster.stats.upstream_rq_per_try_timeout += 1
+        host = self.host
         if self._maybe_retry(Outcome.TIMEOUT, 0, None, False):
+            if self.cluster.detector is not None and host is not None:
+                self.cluster.report(host, LOCAL_ORIGIN_FAILURE)  # (not retried: _on_timeout reports)
             return
         # Out of retries: Envoy answers as for the global timeout (504, upstream request timeout).
         self._on_timeout()
@@ -509,6 +554,8 @@ class Router(PassThrough):
         self.conn = None
         if conn is not None:
             conn.detach()
+            if self.cluster.detector is not None and self.host is not None:
+                self.cluster.report(self.host, LOCAL_ORIGIN_FAILURE)  # an attempt timed out
         if stream.resp_started:
             self._cleanup()
             stream.local_reply(504, None)  # headers already sent: this resets the downstream
@@ -537,9 +584,20 @@ class Router(PassThrough):
             if self.backoff_timer is not None:
                 self.backoff_timer.cancel()
                 self.backoff_timer = None
-        if self.cluster is not None and self.host is not None:
-            self.cluster.stats.upstream_rq_active -= 1
+        cluster = self.cluster
+        if cluster is not None:
+            if self.counted:
+                cluster.breaker.requests -= 1
+                self.counted = False
+            if self.retry_slot:
+                cluster.breaker.retries -= 1
+                self.retry_slot = False
+        if self.conn is None and self.host is not None and self.host.pool.waiting:
+            self.host.pool.cancel_wait(self)
+        if cluster is not None and self.host is not None and self.counted_active:
+            cluster.stats.upstream_rq_active -= 1
             self.host.rq_active -= 1
+            self.counted_active = False
 
     def on_destroy(self, stream: Stream) -> None:
         if not self.done:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from collections import deque
 from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
@@ -36,6 +37,7 @@ class UpstreamHandler(Protocol):
 
     def on_upstream_ready(self, conn: Http1UpstreamConnection) -> None: ...
     def on_upstream_failure(self, reason: bytes) -> None: ...
+    def on_upstream_overflow(self) -> None: ...
     def on_upstream_headers(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
     def on_upstream_body(self, data: bytes) -> None: ...
     def on_upstream_end(self) -> None: ...
@@ -88,6 +90,7 @@ class Http1UpstreamConnection(asyncio.Protocol):
             self.host.cx_active -= 1
             self.pool.cstats.upstream_cx_active -= 1
             self.pool.cstats.upstream_cx_destroy += 1
+            self.pool.connection_gone()
         self.pool.discard(self)
         h = self.handler
         if h is not None:
@@ -217,6 +220,7 @@ class Http1Pool:
     """Idle keep-alive connections to one host, and the connects under way."""
 
     __slots__ = (
+        "breaker",
         "buffer_limit",
         "connect_timeout",
         "cstats",
@@ -225,6 +229,7 @@ class Http1Pool:
         "idle_timeout",
         "loop",
         "max_requests",
+        "waiting",
     )
 
     def __init__(self, host: Host, loop: asyncio.AbstractEventLoop) -> None:
@@ -238,6 +243,9 @@ class Http1Pool:
         self.max_requests = cfg.max_requests_per_connection
         self.buffer_limit = cfg.per_connection_buffer_limit_bytes
         self.cstats = cluster.stats
+        self.breaker = cluster.breaker
+        # Requests waiting for a connection (max_connections reached), oldest first.
+        self.waiting: deque[UpstreamHandler] = deque()
 
     def acquire(self, handler: UpstreamHandler) -> None:
         """Bind `handler` to a connection: at once if one is idle, else when a connect completes
@@ -251,7 +259,38 @@ class Http1Pool:
             conn.requests += 1
             handler.on_upstream_ready(conn)
             return
-        self.loop.create_task(self._connect(handler))
+        breaker = self.breaker
+        if breaker.connections < breaker.limits.max_connections:
+            breaker.connections += 1
+            self.loop.create_task(self._connect(handler))
+            return
+        # circuit_breakers: no new connection; wait for one (max_pending_requests) or overflow.
+        self.cstats.upstream_cx_overflow += 1
+        if breaker.pending < breaker.limits.max_pending_requests:
+            breaker.pending += 1
+            self.waiting.append(handler)
+            return
+        self.cstats.upstream_rq_pending_overflow += 1
+        handler.on_upstream_overflow()
+
+    def cancel_wait(self, handler: UpstreamHandler) -> None:
+        """A waiting request went away (reset, timeout) before it got a connection."""
+        if self.waiting:
+            try:
+                self.waiting.remove(handler)
+            except ValueError:
+                return
+            self.breaker.pending -= 1
+
+    def connection_gone(self) -> None:
+        """A connection of this pool closed (or never opened): the slot may serve a waiting request."""
+        breaker = self.breaker
+        breaker.connections -= 1
+        if self.waiting and breaker.connections < breaker.limits.max_connections:
+            handler = self.waiting.popleft()
+            breaker.pending -= 1
+            breaker.connections += 1
+            self.loop.create_task(self._connect(handler))
 
     async def _connect(self, handler: UpstreamHandler) -> None:
         conn = Http1UpstreamConnection(self)
@@ -269,6 +308,7 @@ class Http1Pool:
         except (TimeoutError, OSError) as exc:
             self.cstats.upstream_cx_connect_fail += 1
             self.host.cx_connect_fail += 1
+            self.connection_gone()
             handler.on_upstream_failure(_connect_failure_reason(exc))
             return
         conn.handler = handler
@@ -278,6 +318,14 @@ class Http1Pool:
     def release(self, conn: Http1UpstreamConnection) -> None:
         if self.max_requests and conn.requests >= self.max_requests:
             conn.close()
+            return
+        if self.waiting:
+            # A request was waiting for a connection (circuit breaker): it gets this one.
+            handler = self.waiting.popleft()
+            self.breaker.pending -= 1
+            conn.handler = handler
+            conn.requests += 1
+            handler.on_upstream_ready(conn)
             return
         self.idle.append(conn)
         if self.idle_timeout > 0:

@@ -82,12 +82,12 @@ def test_validate_mode_accepts_a_good_bootstrap_and_binds_nothing(tmp_path: Path
 
 def test_validate_mode_names_the_field_it_refuses(tmp_path: Path) -> None:
     text, _ = render(BOOTSTRAP)
-    text = text.replace("connect_timeout: 1s", "connect_timeout: 1s\n    outlier_detection: {consecutive_5xx: 3}")
+    text = text.replace("connect_timeout: 1s", "connect_timeout: 1s\n    lrs_server: {ads: {}}")
     p = _write(tmp_path, text)
     out = subprocess.run([str(binary("sidecar")), "--mode", "validate", "-c", str(p)],
                          capture_output=True, text=True, timeout=30)  # fmt: skip
     assert out.returncode == 1
-    assert "static_resources.clusters[0].outlier_detection" in out.stderr
+    assert "static_resources.clusters[0].lrs_server" in out.stderr
 
 
 def test_unknown_flag_is_a_usage_error() -> None:

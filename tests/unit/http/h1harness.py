@@ -246,6 +246,11 @@ class FakeUpstream:
     def acquire(self, handler: Any) -> None:
         self.waiting.append(handler)
 
+    def cancel_wait(self, handler: Any) -> None:
+        """As Http1Pool.cancel_wait: a request that went away is not served later."""
+        if handler in self.waiting:
+            self.waiting.remove(handler)
+
     def release(self, conn: FakeUpstreamConn) -> None:
         self.released.append(conn)
 

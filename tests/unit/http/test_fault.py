@@ -30,7 +30,7 @@ from sidecar.http.filters.fault import (
     parse_uint,
 )
 from sidecar.translate.errors import ConfigError
-from sidecar.translate.rds import translate_fault
+from sidecar.translate.fault import translate_fault
 
 
 class Req:

@@ -195,11 +195,40 @@ def test_static_cluster_without_load_assignment_is_empty() -> None:
         ({"dns_refresh_rate": "0s"}, f"{P}.dns_refresh_rate", "value must be greater than 1ms"),
         ({"name": ""}, f"{P}.name", "value length must be at least 1 characters"),
         (
-            {"circuit_breakers": {"thresholds": [{"max_connections": 1}]}},
-            f"{P}.circuit_breakers",
+            {"circuit_breakers": {"per_host_thresholds": [{"max_connections": 1}]}},
+            f"{P}.circuit_breakers.per_host_thresholds",
             "field is not supported by sidecar yet",
         ),
-        ({"outlier_detection": {}}, f"{P}.outlier_detection", "field is not supported by sidecar yet"),
+        (
+            {"outlier_detection": {"max_ejection_time_jitter": "1s"}},
+            f"{P}.outlier_detection.max_ejection_time_jitter",
+            "field is not supported by sidecar yet",
+        ),
+        (
+            {"outlier_detection": {"enforcing_local_origin_success_rate": 5}},
+            f"{P}.outlier_detection.enforcing_local_origin_success_rate",
+            "field is not supported by sidecar yet",
+        ),
+        (
+            {"outlier_detection": {"monitors": [{"name": "m"}]}},
+            f"{P}.outlier_detection.monitors",
+            "field is not supported by sidecar yet",
+        ),
+        (
+            {"outlier_detection": {"max_ejection_percent": 101}},
+            f"{P}.outlier_detection.max_ejection_percent",
+            "value must be less than or equal to 100",
+        ),
+        (
+            {"outlier_detection": {"interval": "0s"}},
+            f"{P}.outlier_detection.interval",
+            "value must be greater than 0s",
+        ),
+        (
+            {"outlier_detection": {"base_ejection_time": "10s", "max_ejection_time": "5s"}},
+            f"{P}.outlier_detection",
+            "outlier detector's max_ejection_time cannot be smaller than base_ejection_time",
+        ),
         (
             {"health_checks": [{"timeout": "1s", "interval": "1s", "tcp_health_check": {}}]},
             f"{P}.health_checks",
@@ -395,3 +424,80 @@ def test_config_hash_is_stable_and_tracks_changes() -> None:
     c = translate_cluster(cluster_pb(static_with(connect_timeout="1s")), P)
     assert a.config_hash == b.config_hash != 0
     assert c.config_hash != a.config_hash
+
+
+def test_circuit_breaker_thresholds_default_priority() -> None:
+    from envoy.config.cluster.v3 import cluster_pb2
+    from google.protobuf import json_format
+
+    from sidecar.translate.cds import translate_cluster
+    from sidecar.translate.errors import ConfigError
+
+    pb = json_format.ParseDict(
+        {"name": "c", "circuit_breakers": {"thresholds": [{"max_requests": 7, "max_retries": 0}]}},
+        cluster_pb2.Cluster(),
+    )
+    t = translate_cluster(pb, "clusters[0]").circuit_breakers
+    assert (t.max_connections, t.max_pending_requests, t.max_requests, t.max_retries) == (1024, 1024, 7, 0)
+    high = json_format.ParseDict(
+        {"name": "c", "circuit_breakers": {"thresholds": [{"priority": "HIGH", "max_requests": 7}]}},
+        cluster_pb2.Cluster(),
+    )
+    with pytest.raises(ConfigError) as e:
+        translate_cluster(high, "clusters[0]")
+    assert e.value.path == "clusters[0].circuit_breakers.thresholds[0].priority"
+
+
+def test_outlier_detection_defaults_and_fields() -> None:
+    from sidecar.model.outlier import OutlierDetection
+
+    assert translate_cluster(cluster_pb(STATIC), P).outlier_detection is None
+    assert translate_cluster(cluster_pb(static_with(outlier_detection={})), P).outlier_detection == (
+        OutlierDetection()
+    )
+    od = {
+        "consecutive_5xx": 3,
+        "consecutive_gateway_failure": 4,
+        "enforcing_consecutive_gateway_failure": 50,
+        "consecutive_local_origin_failure": 2,
+        "enforcing_consecutive_local_origin_failure": 0,
+        "split_external_local_origin_errors": True,
+        "interval": "0.2s",
+        "base_ejection_time": "1s",
+        "max_ejection_percent": 50,
+        "success_rate_minimum_hosts": 2,
+        "success_rate_request_volume": 7,
+        "success_rate_stdev_factor": 1000,
+        "enforcing_success_rate": 0,
+        "failure_percentage_threshold": 60,
+        "enforcing_failure_percentage": 100,
+        "failure_percentage_minimum_hosts": 1,
+        "failure_percentage_request_volume": 9,
+        "always_eject_one_host": True,
+        "successful_active_health_check_uneject_host": False,  # no health checks: ignored
+    }
+    got = translate_cluster(cluster_pb(static_with(outlier_detection=od)), P).outlier_detection
+    assert got == OutlierDetection(
+        consecutive_5xx=3,
+        consecutive_gateway_failure=4,
+        enforcing_consecutive_gateway_failure=50,
+        consecutive_local_origin_failure=2,
+        enforcing_consecutive_local_origin_failure=0,
+        split_external_local_origin_errors=True,
+        interval=0.2,
+        base_ejection_time=1.0,
+        max_ejection_time=300.0,
+        max_ejection_percent=50,
+        success_rate_minimum_hosts=2,
+        success_rate_request_volume=7,
+        success_rate_stdev_factor=1000,
+        enforcing_success_rate=0,
+        failure_percentage_threshold=60,
+        enforcing_failure_percentage=100,
+        failure_percentage_minimum_hosts=1,
+        failure_percentage_request_volume=9,
+        always_eject_one_host=True,
+    )
+    # An unset max_ejection_time is max(300 s, base_ejection_time).
+    long = translate_cluster(cluster_pb(static_with(outlier_detection={"base_ejection_time": "400s"})), P)
+    assert long.outlier_detection is not None and long.outlier_detection.max_ejection_time == 400.0
