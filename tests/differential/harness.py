@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests.support.http1 import Client, Header, Response
+from tests.support.http1 import Client, Header, Response, request
 from tests.support.proxy import ProxyProcess, ProxyStartError, start_proxy
 from tests.support.tcp_upstream import TcpUpstream
 from tests.support.upstream import RecordedRequest, Upstreams
@@ -199,6 +199,17 @@ class Target:
 
     def client(self, listener: str = "listener_port", timeout: float = 10.0) -> Client:
         return Client(self.port(listener), timeout=timeout)
+
+    def stat(self, name: str) -> int:
+        """One counter or gauge from the proxy's admin /stats (0 when it is not there)."""
+        with Client(self.port("admin_port")) as c:
+            c.send(request("GET", f"/stats?filter=^{name}$", host="admin"))
+            text = c.read_response().text
+        for line in text.splitlines():
+            k, _, v = line.partition(": ")
+            if k == name:
+                return int(v)
+        return 0
 
     def exchange(
         self,

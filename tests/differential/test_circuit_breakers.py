@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from tests.differential.harness import Differential, Target
-from tests.support.http1 import Client, request
+from tests.support.http1 import request
 from tests.support.upstream import Behaviour
 
 pytestmark = pytest.mark.differential
@@ -36,15 +36,6 @@ def _concurrent(t: Target, path: str, n: int) -> list[tuple[int, bytes, str | No
     return sorted(results)
 
 
-def _stat(t: Target, name: str) -> int:
-    with Client(t.port("admin_port")) as c:
-        c.send(request("GET", f"/stats?filter=^{name}$", host="admin"))
-        text = c.read_response().text
-    for line in text.splitlines():
-        k, _, v = line.partition(": ")
-        if k == name:
-            return int(v)
-    return 0
 
 
 def test_max_requests_overflow(diff: Differential) -> None:
@@ -61,9 +52,9 @@ def test_max_connections_and_pending_overflow(diff: Differential) -> None:
     diff.ups["service1"].behave(Behaviour(delay=0.5, body=b"slow"))
 
     def scenario(t: Target) -> tuple[list[tuple[int, bytes, str | None]], int]:
-        before = _stat(t, "cluster.one_connection.upstream_rq_pending_overflow")
+        before = t.stat("cluster.one_connection.upstream_rq_pending_overflow")
         got = _concurrent(t, "/cx", 3)
-        return got, _stat(t, "cluster.one_connection.upstream_rq_pending_overflow") - before
+        return got, t.stat("cluster.one_connection.upstream_rq_pending_overflow") - before
 
     got, overflows = diff.run(scenario)
     # One request on the one connection, one waiting for it, the third over max_pending_requests.
@@ -75,8 +66,8 @@ def test_max_retries_zero_means_no_retry(diff: Differential) -> None:
     diff.ups["service1"].behave(Behaviour(status=503, body=b"no"))
 
     def scenario(t: Target) -> tuple[int, int]:
-        before = _stat(t, "cluster.no_retries.upstream_rq_retry_overflow")
+        before = t.stat("cluster.no_retries.upstream_rq_retry_overflow")
         obs = t.exchange(request("GET", "/retry", host="cb.test"))
-        return obs.status, _stat(t, "cluster.no_retries.upstream_rq_retry_overflow") - before
+        return obs.status, t.stat("cluster.no_retries.upstream_rq_retry_overflow") - before
 
     assert diff.run(scenario) == (503, 1)

@@ -213,7 +213,7 @@ def test_delayed_request_body_reaches_the_upstream(diff: Differential) -> None:
 
 
 def _limited(t: Target) -> tuple[int, int, int, int]:
-    before = _stat(t, "http.limited.fault.faults_overflow")
+    before = t.stat("http.limited.fault.faults_overflow")
     with t.client("limited_port") as first, t.client("limited_port") as second:
         first.send(request("GET", "/one", host=HOST))
         time.sleep(0.2)  # the first request is now the one active fault
@@ -222,18 +222,13 @@ def _limited(t: Target) -> tuple[int, int, int, int]:
         one = first.read_response()
     deadline = time.monotonic() + 5.0
     while True:  # the sidecar's workers publish their counters every 0.5 s
-        overflowed = _stat(t, "http.limited.fault.faults_overflow") - before
+        overflowed = t.stat("http.limited.fault.faults_overflow") - before
         if overflowed or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    return one.status, two.status, overflowed, _stat(t, "http.limited.fault.active_faults")
+    return one.status, two.status, overflowed, t.stat("http.limited.fault.active_faults")
 
 
-def _stat(t: Target, name: str) -> int:
-    with t.client("admin_port") as c:
-        resp = c.exchange(request("GET", f"/stats?filter=^{name}$", host="admin"))
-    _, _, value = resp.body.decode().strip().partition(": ")
-    return int(value)
 
 
 def test_max_active_faults_lets_the_overflow_through(diff: Differential) -> None:

@@ -28,15 +28,6 @@ def _names(t: Target, prefix: str) -> list[str]:
     return [line.partition(": ")[0] for line in text.splitlines() if line.startswith(prefix)]
 
 
-def _stat(t: Target, name: str) -> int:
-    with Client(t.port("admin_port")) as c:
-        c.send(request("GET", f"/stats?filter=^{name}$", host="admin"))
-        text = c.read_response().text
-    for line in text.splitlines():
-        k, _, v = line.partition(": ")
-        if k == name:
-            return int(v)
-    return 0
 
 
 OD = "cluster.pair.outlier_detection"
@@ -52,7 +43,7 @@ def test_consecutive_5xx_ejects_then_the_host_returns(diff: Differential) -> Non
     def scenario(t: Target) -> tuple[int, list[int], int, int, bool, list[str], list[str]]:
         t.ups["bad"].behave(BAD)
         time.sleep(1.1)
-        before = _stat(t, f"{OD}.ejections_enforced_consecutive_5xx")
+        before = t.stat(f"{OD}.ejections_enforced_consecutive_5xx")
         seen: list[int] = []
         for _ in range(20):  # round robin alternates: the third 503 comes within 7 requests
             seen.append(_status(t))
@@ -60,13 +51,13 @@ def test_consecutive_5xx_ejects_then_the_host_returns(diff: Differential) -> Non
                 break
         time.sleep(0.3)  # envoy applies an ejection on its main thread
         ejected = [_status(t) for _ in range(8)]
-        enforced = _stat(t, f"{OD}.ejections_enforced_consecutive_5xx") - before
+        enforced = t.stat(f"{OD}.ejections_enforced_consecutive_5xx") - before
         names = sorted(_names(t, OD))
         with Client(t.port("admin_port")) as c:
             c.send(request("GET", "/clusters", host="admin"))
             text = c.read_response().text
         flags = sorted(line.rpartition("::")[2] for line in text.splitlines() if "::health_flags::" in line)
-        active = _stat(t, f"{OD}.ejections_active")
+        active = t.stat(f"{OD}.ejections_active")
         # base_ejection_time 1 s, lifted at the next 0.2 s interval tick; 2.1 s after the ejection
         # even when the return is merged (a tick exactly update_merge_window after the ejection).
         time.sleep(1.8)
