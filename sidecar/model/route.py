@@ -112,6 +112,17 @@ class HashPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class MirrorPolicy:
+    """One request_mirror_policies entry: the cluster, the runtime_fraction default (numerator out of
+    denominator; 100% when unset) and whether the shadow's host keeps its "-shadow" suffix."""
+
+    cluster: str
+    numerator: int = 100
+    denominator: int = 100
+    host_suffix: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class RouteAction:
     cluster: str = ""
     weighted_clusters: tuple[ClusterWeight, ...] = ()
@@ -130,6 +141,8 @@ class RouteAction:
     idle_timeout: float = 0.0
     # RouteAction.hash_policy, for RING_HASH / MAGLEV clusters (empty: a random host).
     hash_policy: tuple[HashPolicy, ...] = ()
+    # request_mirror_policies: shadow copies of the request (response discarded).
+    mirror_policies: tuple[MirrorPolicy, ...] = ()
     # The route's retry_policy, else the virtual host's (Envoy: the route's wins whole, no merge).
     retry_policy: RetryPolicy | None = None
     # Derived once here so the router reads one flag per request instead of six fields:

@@ -31,6 +31,7 @@ from sidecar.model.route import (
     HashPolicyKind,
     HeaderMutations,
     HeaderValueOption,
+    MirrorPolicy,
     RedirectAction,
     RegexRewrite,
     RequestMatcher,
@@ -407,11 +408,17 @@ def translate_route_action(pb: rc_pb2.RouteAction, path: str) -> RouteAction:
             "idle_timeout",
             "retry_policy",
             "hash_policy",
+            "request_mirror_policies",
         ),
     )
     kw: dict[str, Any] = {}
     if pb.hash_policy:
         kw["hash_policy"] = _hash_policies(pb.hash_policy, f"{path}.hash_policy")
+    if pb.request_mirror_policies:
+        kw["mirror_policies"] = tuple(
+            _mirror_policy(mp, f"{path}.request_mirror_policies[{i}]")
+            for i, mp in enumerate(pb.request_mirror_policies)
+        )
     if pb.HasField("retry_policy"):
         kw["retry_policy"] = translate_retry_policy(pb.retry_policy, f"{path}.retry_policy")
     which = pb.WhichOneof("cluster_specifier")
@@ -448,6 +455,26 @@ def translate_route_action(pb: rc_pb2.RouteAction, path: str) -> RouteAction:
         # model: 0 = no per-route idle timeout (an explicit 0 and "unset" are not told apart).
         kw["idle_timeout"] = _milliseconds(pb.idle_timeout, f"{path}.idle_timeout")
     return RouteAction(**kw)
+
+
+_DENOMINATORS = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
+
+
+def _mirror_policy(pb: rc_pb2.RouteAction.RequestMirrorPolicy, path: str) -> MirrorPolicy:
+    check_fields(
+        pb,
+        path,
+        handled=("cluster", "runtime_fraction", "disable_shadow_host_suffix_append"),
+    )
+    cluster = _text(pb.cluster, f"{path}.cluster", min_len=1)
+    num, den = 100, 100
+    if pb.HasField("runtime_fraction"):
+        rf = pb.runtime_fraction
+        check_fields(rf, f"{path}.runtime_fraction", handled=("default_value",), ignored=("runtime_key",))
+        dv = rf.default_value
+        num = dv.numerator
+        den = _DENOMINATORS[enum_name(dv, "denominator", f"{path}.runtime_fraction.default_value")]
+    return MirrorPolicy(cluster, num, den, not pb.disable_shadow_host_suffix_append)
 
 
 def _hash_policies(pbs: Iterable[rc_pb2.RouteAction.HashPolicy], path: str) -> tuple[HashPolicy, ...]:

@@ -16,6 +16,7 @@ from sidecar.http.codec_h1 import HOP_BY_HOP_RESPONSE, LAST_CHUNK, encode_chunk,
 from sidecar.http.edge import forwardable
 from sidecar.http.events import Headers, RequestHead
 from sidecar.http.filters.base import STOP, PassThrough
+from sidecar.http.filters.shadow import ShadowRequest, shadow_authority
 from sidecar.http.header_mutation import apply_request_mutations, apply_response_mutations
 from sidecar.http.timeouts import Deadline
 from sidecar.model.retry import RetryPolicy
@@ -57,6 +58,7 @@ class Router(PassThrough):
         "retry",
         "retry_slot",
         "sent_at",
+        "shadows",
         "started_at",
         "stream",
         "timeout",
@@ -82,6 +84,8 @@ class Router(PassThrough):
         # True once the whole request went to the upstream: an upstream connection that answered
         # before that is mid-request and must not go back to the pool.
         self.request_complete = False
+        # request_mirror_policies chosen for this request: (cluster name, encoded head), then the body.
+        self.shadows: list[bytes | tuple[str, bytes]] | None = None
         self.counted = False  # holds one of the cluster's max_requests
         self.counted_active = False  # counted in upstream_rq_active / host rq_active
         self.retry_slot = False  # holds one of the cluster's max_retries
@@ -189,6 +193,8 @@ class Router(PassThrough):
                 out = [*out, (b"x-envoy-attempt-count", b"1")]
         head_bytes = encode_request_head(head.method, head.path, head.authority, out)
         self.pending = [head_bytes]
+        if action.mirror_policies:
+            self._choose_shadows(action, head, out)
         if retry is not None:
             self.retry = retry
             self.replay = [head_bytes]
@@ -212,6 +218,33 @@ class Router(PassThrough):
             self._request_complete()
         host.pool.acquire(self)
         return STOP
+
+    def _choose_shadows(self, action: RouteAction, head: RequestHead, out: Headers) -> None:
+        """Which mirror policies this request hits (runtime_fraction), each with its shadow head."""
+        shadows: list[bytes | tuple[str, bytes]] = []
+        for mp in action.mirror_policies:
+            if _getrandbits(32) % mp.denominator < mp.numerator:
+                authority = shadow_authority(head.authority) if mp.host_suffix else head.authority
+                shadows.append((mp.cluster, encode_request_head(head.method, head.path, authority, out)))
+        if shadows:
+            self.shadows = shadows
+
+    def _send_shadows(self) -> None:
+        """The downstream request is complete: mirror it (Envoy shadows only whole requests)."""
+        shadows = self.shadows
+        stream = self.stream
+        self.shadows = None
+        if shadows is None or stream is None:
+            return
+        heads = [s for s in shadows if isinstance(s, tuple)]
+        body = [s for s in shadows if isinstance(s, bytes)]
+        cm = stream.rt.cluster_manager
+        for name, head in heads:
+            cluster = cm.clusters.get(name)
+            host = cluster.pick() if cluster is not None else None
+            if cluster is None or host is None:
+                continue
+            ShadowRequest(cluster, host, [head, *body]).start(stream.rt.loop, self.timeout)
 
     def on_upstream_overflow(self) -> None:
         """A circuit breaker said no: 503 `... reset reason: overflow` with x-envoy-overloaded (UO)."""
@@ -274,6 +307,8 @@ class Router(PassThrough):
             if end:
                 data += LAST_CHUNK
         if data:
+            if self.shadows is not None:
+                self.shadows.append(data)
             replay = self.replay
             if replay is not None:
                 # Envoy buffers a retriable request's body up to the listener's buffer limit; past
@@ -299,6 +334,8 @@ class Router(PassThrough):
 
     def _request_complete(self) -> None:
         self.request_complete = True
+        if self.shadows is not None:
+            self._send_shadows()
         if self.stream is not None:
             self.started_at = self.stream.rt.loop.time()
         if self.retry is not None and self.retry.per_try_timeout > 0 and self.conn is not None:
