@@ -86,6 +86,9 @@ class RequestHead:
 
 
 class ResponseHead:
+    """A response head; implements model.route.RequestView (header matchers run on it for
+    retry_policy.retriable_headers)."""
+
     __slots__ = ("headers", "reason", "status")
 
     def __init__(self, status: int, headers: Headers, reason: bytes = b"") -> None:
@@ -98,3 +101,15 @@ class ResponseHead:
             if k == name:
                 return v
         return None
+
+    def header(self, name: str) -> str | None:
+        if name == ":status":
+            return str(self.status)
+        key = name.encode("latin-1")
+        found = [v for k, v in self.headers if k == key]
+        return b",".join(found).decode("latin-1") if found else None
+
+    def header_values(self, name: str) -> list[str] | None:
+        key = name.encode("latin-1")
+        found = [v.decode("latin-1") for k, v in self.headers if k == key]
+        return found or None

@@ -15,6 +15,7 @@ HTTP_CONDITIONS = frozenset(
         "retriable-4xx",
         "refused-stream",
         "retriable-status-codes",
+        "retriable-headers",
         "envoy-ratelimited",
         "http3-post-connect-failure",
     }
@@ -35,6 +36,8 @@ class RetryPolicy:
     num_retries: int = 1
     per_try_timeout: float = 0.0
     retriable_status_codes: frozenset[int] = frozenset()
+    # retriable_headers: header matchers (routing.matchers.HeaderMatcher) run on the response.
+    retriable_headers: tuple[object, ...] = ()
     # retry_back_off: base 25 ms, max 10x base (fully jittered exponential).
     base_interval: float = 0.025
     max_interval: float = 0.25

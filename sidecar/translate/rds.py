@@ -405,7 +405,6 @@ def translate_route_action(pb: rc_pb2.RouteAction, path: str) -> RouteAction:
             "host_rewrite_header",
             "append_x_forwarded_host",
             "timeout",
-            "idle_timeout",
             "retry_policy",
             "hash_policy",
             "request_mirror_policies",
@@ -451,9 +450,6 @@ def translate_route_action(pb: rc_pb2.RouteAction, path: str) -> RouteAction:
     kw["append_x_forwarded_host"] = pb.append_x_forwarded_host
     if pb.HasField("timeout"):
         kw["timeout"] = _milliseconds(pb.timeout, f"{path}.timeout")
-    if pb.HasField("idle_timeout"):
-        # model: 0 = no per-route idle timeout (an explicit 0 and "unset" are not told apart).
-        kw["idle_timeout"] = _milliseconds(pb.idle_timeout, f"{path}.idle_timeout")
     return RouteAction(**kw)
 
 

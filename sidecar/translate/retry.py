@@ -13,7 +13,7 @@ from sidecar.translate.fields import check_fields, duration
 log = logging.getLogger("sidecar.config")
 
 # Conditions Envoy knows that the sidecar does not implement yet: refused rather than ignored.
-_NOT_YET = frozenset({"retriable-headers", "http3-post-connect-failure"})
+_NOT_YET = frozenset({"http3-post-connect-failure"})
 _PREVIOUS_HOSTS = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 
 
@@ -26,6 +26,7 @@ def translate_retry_policy(pb: rc_pb2.RetryPolicy, path: str) -> RetryPolicy:
             "num_retries",
             "per_try_timeout",
             "retriable_status_codes",
+            "retriable_headers",
             "retry_back_off",
             "retry_host_predicate",
             "host_selection_retry_max_attempts",
@@ -43,6 +44,12 @@ def translate_retry_policy(pb: rc_pb2.RetryPolicy, path: str) -> RetryPolicy:
         kw["num_retries"] = pb.num_retries.value
     if pb.HasField("per_try_timeout"):
         kw["per_try_timeout"] = duration(pb.per_try_timeout)
+    if pb.retriable_headers:
+        from sidecar.translate.rds import translate_header_matcher  # rds imports this module
+
+        kw["retriable_headers"] = tuple(
+            translate_header_matcher(h, f"{path}.retriable_headers[{i}]") for i, h in enumerate(pb.retriable_headers)
+        )
     if pb.retriable_status_codes:
         kw["retriable_status_codes"] = frozenset(pb.retriable_status_codes)
     if pb.HasField("retry_back_off"):

@@ -7,7 +7,7 @@ Envoy's RetryStatus does, so that refusals are counted.  Conditions (Envoy's rou
 - reset: no response (reset/disconnect/per-try timeout); reset-before-request: a reset before the
   request was sent; connect-failure: the connection could not be made;
 - retriable-4xx: 409; retriable-status-codes: the policy's codes; envoy-ratelimited: a response
-  carrying x-envoy-ratelimited;
+  carrying x-envoy-ratelimited; retriable-headers: a response matching any of retriable_headers;
 - gRPC (cancelled, deadline-exceeded, internal, resource-exhausted, unavailable): the grpc-status of a
   response's headers.
 Back-off (RFC-free, Envoy's JitteredExponentialBackOffStrategy): attempt N waits a uniformly random
@@ -34,10 +34,17 @@ class Refused(Enum):
 
 
 def retriable(
-    p: RetryPolicy, outcome: Outcome, status: int = 0, grpc_status: int | None = None, ratelimited: bool = False
+    p: RetryPolicy,
+    outcome: Outcome,
+    status: int = 0,
+    grpc_status: int | None = None,
+    ratelimited: bool = False,
+    headers_match: bool = False,
 ) -> bool:
     on = p.retry_on
     if outcome is Outcome.RESPONSE:
+        if headers_match and "retriable-headers" in on:
+            return True
         if status >= 500 and "5xx" in on:
             return True
         if status in (502, 503, 504) and "gateway-error" in on:
@@ -78,10 +85,11 @@ def decide_retry(
     ratelimited: bool,
     budget_left: bool,
     rand: float,
+    headers_match: bool = False,
 ) -> float | Refused | None:
     """Seconds to wait before the next attempt; Refused if retriable but not allowed; None if this
     outcome is final (not retriable)."""
-    if not retriable(p, outcome, status, grpc_status, ratelimited):
+    if not retriable(p, outcome, status, grpc_status, ratelimited, headers_match):
         return None
     if retries_done >= p.num_retries:
         return Refused.LIMIT

@@ -110,3 +110,9 @@ def test_previous_hosts_moves_the_retry_to_the_other_host(diff: Differential) ->
         return [(o.status, o.body) for o in (t.exchange(request("GET", "/pair", host="r.test")) for _ in range(6))]
 
     assert diff.run(scenario) == [(200, b"two")] * 6
+
+
+@pytest.mark.parametrize(("value", "attempts"), [("yes", 2), ("no", 1)])
+def test_retriable_headers(diff: Differential, value: str, attempts: int) -> None:
+    _, _, n = _attempts(diff, "/hdr", Behaviour(status=200, headers=(("x-upstream-retry", value),)))
+    assert n == attempts

@@ -281,6 +281,7 @@ class FaultFilter(PassThrough):
         ms = delay_ms(s, head, rt.rand()) if s.delay is not None else 0  # a draw only when configured
         if ms and self._activate(s):
             rt.stats.delays_injected += 1
+            stream.flag("DI")  # Envoy's response flag for an injected delay
             self.end = end
             self.held = []
             self.timer = stream.rt.loop.call_later(ms / 1000.0, self._delay_over, stream)
@@ -337,6 +338,7 @@ class FaultFilter(PassThrough):
 
     def _abort(self, stream: Stream, head: RequestHead, http: int, grpc: int | None) -> None:
         self.rt.stats.aborts_injected += 1
+        stream.flag("FI")  # Envoy's response flag for an injected abort
         if is_grpc(head):
             # sendLocalReply on a gRPC request: HTTP 200, the status in grpc-status, no body.
             code = grpc if grpc is not None else grpc_status_for_http(http)

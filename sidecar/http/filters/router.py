@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from sidecar.http import local_reply
 from sidecar.http.codec_h1 import HOP_BY_HOP_RESPONSE, LAST_CHUNK, encode_chunk, encode_request_head
 from sidecar.http.edge import forwardable
-from sidecar.http.events import Headers, RequestHead
+from sidecar.http.events import Headers, RequestHead, ResponseHead
 from sidecar.http.filters.base import STOP, PassThrough
 from sidecar.http.filters.shadow import ShadowRequest, shadow_authority
 from sidecar.http.header_mutation import apply_request_mutations, apply_response_mutations
@@ -412,7 +412,11 @@ class Router(PassThrough):
                     grpc = int(v) if v.isdigit() else None
                 elif k == b"x-envoy-ratelimited":
                     limited = True
-            if self._maybe_retry(Outcome.RESPONSE, status, grpc, limited):
+            matched = False
+            if self.retry.retriable_headers:
+                view = ResponseHead(status, headers)
+                matched = any(m.matches(view, "") for m in self.retry.retriable_headers)  # type: ignore[attr-defined]
+            if self._maybe_retry(Outcome.RESPONSE, status, grpc, limited, matched):
                 return
             self._cancel_per_try()
         ms = b"%d" % int((_monotonic() - self.sent_at) * 1000)
@@ -465,7 +469,9 @@ class Router(PassThrough):
             self.conn.resume_reading()
 
     # -- retries ----------------------------------------------------------------------------------
-    def _maybe_retry(self, outcome: Outcome, status: int, grpc: int | None, limited: bool) -> bool:
+    def _maybe_retry(
+        self, outcome: Outcome, status: int, grpc: int | None, limited: bool, headers_match: bool = False
+    ) -> bool:
         """Retry this request if the policy says so: True when a new attempt is scheduled (the
         current upstream connection, if any, is given up), False to let the outcome stand."""
         retry = self.retry
@@ -475,7 +481,9 @@ class Router(PassThrough):
             return False  # never once response headers went downstream; never a body we dropped
         breaker = self.cluster.breaker
         budget = self.retry_slot or breaker.retries < breaker.limits.max_retries
-        decision = decide_retry(retry, self.retries_done, outcome, status, grpc, limited, budget, random.random())
+        decision = decide_retry(
+            retry, self.retries_done, outcome, status, grpc, limited, budget, random.random(), headers_match
+        )
         if decision is None:
             return False
         cs = self.cluster.stats

@@ -244,6 +244,10 @@ class FakeStream:
         self.route = None
         self.replies: list[tuple[int, bytes | None, Any]] = []
         self.resumed: list[tuple[bool, list[tuple[bytes, bool]]]] = []
+        self.flags: list[str] = []
+
+    def flag(self, code: str) -> None:
+        self.flags.append(code)
 
     def local_reply(self, status: int, body: bytes | None, extra: Any = None) -> None:
         self.replies.append((status, body, extra))
@@ -307,6 +311,7 @@ def test_filter_grpc_abort_reply() -> None:
     assert s.replies == [
         (200, None, [(b"content-type", b"application/grpc"), (b"grpc-status", b"14"), (b"grpc-message", BODY)])
     ]
+    assert s.flags == ["FI"]  # Envoy's response flag for an injected abort
 
 
 def test_max_active_faults_overflow() -> None:
