@@ -256,6 +256,16 @@ def _hcm(
         raise ConfigError(f"{path}.rds", "RDS is not supported by sidecar yet")
     if which is None:
         raise ConfigError(path, 'field: "route_specifier", reason: is required')
+    # Accepted by the model but not enforced on the request path yet: refused when they would change
+    # anything (their defaults are accepted).
+    for name, active in (
+        ("normalize_path", bool_value(pb, "normalize_path", False)),
+        ("merge_slashes", pb.merge_slashes),
+        ("via", bool(pb.via)),
+        ("xff_num_trusted_hops", pb.xff_num_trusted_hops > 0),
+    ):
+        if active:
+            raise ConfigError(f"{path}.{name}", "field is not supported by sidecar yet")
     escaped = enum_name(pb, "path_with_escaped_slashes_action", path)
     if escaped not in ("IMPLEMENTATION_SPECIFIC_DEFAULT", "KEEP_UNCHANGED"):
         raise ConfigError(
