@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from sidecar.http import date, local_reply
 from sidecar.http.codec_h1 import HOP_BY_HOP_RESPONSE, LAST_CHUNK, encode_chunk, encode_response_head
-from sidecar.http.edge import mutate_request_headers
+from sidecar.http.edge import append_via, mutate_request_headers
 from sidecar.http.events import Headers, RequestHead
 from sidecar.http.filters.base import STOP
 from sidecar.http.timeouts import Timeouts
@@ -139,6 +139,7 @@ class HcmRuntime:
         "table",
         "timeouts",
         "underscores",
+        "via",
     )
 
     def __init__(
@@ -167,6 +168,7 @@ class HcmRuntime:
         self.filter_factories = filter_factories
         self.buffer_limit = buffer_limit
         self.timeouts = timeouts if timeouts is not None else Timeouts(loop)
+        self.via = cfg.via.encode()
         self.stream_timers = (
             cfg.request_headers_timeout > 0
             or cfg.request_timeout > 0
@@ -334,6 +336,8 @@ class Stream:
         self, status: int, headers: Headers, end: bool, has_date: bool, server_at: int, has_length: bool
     ) -> None:
         rt = self.rt
+        if rt.via:
+            append_via(headers, rt.via)
         if not has_date:
             headers.append((b"date", date.current()))
         mode = rt.server_mode
@@ -441,6 +445,9 @@ class Stream:
         server = rt.server if rt.server_mode is not ServerHeaderTransformation.PASS_THROUGH else None
         if rt.cfg.always_set_request_id_in_response and self.request_id:
             extra = [*(extra or ()), (b"x-request-id", self.request_id)]
+        if rt.via:
+            extra = list(extra or ())
+            append_via(extra, rt.via)
         # A refused 1.0 request (426) is answered in 1.1, an accepted one in 1.0 (Envoy's codec).
         http10 = self.head.version == b"1.0" and rt.cfg.accept_http_10
         self.conn.write(

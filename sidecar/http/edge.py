@@ -124,8 +124,32 @@ def forwardable(headers: Headers) -> tuple[Headers, bool]:
     return out, chunked
 
 
+def merge_slashes(path: bytes) -> bytes:
+    """HCM merge_slashes: runs of '/' in the path (not the query) become one (PathUtil::mergeSlashes)."""
+    q = path.find(b"?")
+    p, rest = (path, b"") if q < 0 else (path[:q], path[q:])
+    if b"//" not in p:
+        return path
+    while b"//" in p:
+        p = p.replace(b"//", b"/")
+    return p + rest
+
+
+def append_via(headers: Headers, via: bytes) -> None:
+    """HCM `via`: appended to an existing Via header, else added (Utility::appendVia)."""
+    for i, (k, v) in enumerate(headers):
+        if k == b"via":
+            headers[i] = (k, v + b", " + via)
+            return
+    headers.append((b"via", via))
+
+
 def mutate_request_headers(head: RequestHead, cfg: HttpConnectionManager, peer_ip: bytes) -> bytes:
     """Apply the edge rules above to `head`; returns the request id (b"" when ids are off)."""
+    if cfg.merge_slashes:
+        head.path = merge_slashes(head.path)
+    if cfg.via:
+        append_via(head.headers, cfg.via.encode())
     headers = head.headers
     # One pass: find x-forwarded-proto / x-request-id, and whether any control header must go.
     xfp = rid = None

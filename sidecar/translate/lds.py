@@ -260,8 +260,6 @@ def _hcm(
     # anything (their defaults are accepted).
     for name, active in (
         ("normalize_path", bool_value(pb, "normalize_path", False)),
-        ("merge_slashes", pb.merge_slashes),
-        ("via", bool(pb.via)),
         ("xff_num_trusted_hops", pb.xff_num_trusted_hops > 0),
     ):
         if active:
