@@ -116,3 +116,18 @@ def test_previous_hosts_moves_the_retry_to_the_other_host(diff: Differential) ->
 def test_retriable_headers(diff: Differential, value: str, attempts: int) -> None:
     _, _, n = _attempts(diff, "/hdr", Behaviour(status=200, headers=(("x-upstream-retry", value),)))
     assert n == attempts
+
+
+def test_a_retry_on_a_hashing_cluster_keeps_the_host(diff: Differential) -> None:
+    diff.ups["service1"].behave(Behaviour(status=503))
+    diff.ups["service2"].behave(Behaviour(status=503))
+
+    def scenario(t: Target) -> list[list[str]]:
+        out = []
+        for key in ("a", "b", "c", "d"):
+            obs = t.exchange(request("GET", "/ring", host="r.test", headers=[("x-key", key)]))
+            out.append([r.upstream for r in obs.upstream])
+        return out
+
+    got = diff.run(scenario)
+    assert all(len(hosts) == 2 and hosts[0] == hosts[1] for hosts in got)

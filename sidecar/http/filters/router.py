@@ -46,6 +46,7 @@ class Router(PassThrough):
         "counted_active",
         "done",
         "downstream",
+        "hash_key",
         "host",
         "paused_downstream",
         "pending",
@@ -84,6 +85,7 @@ class Router(PassThrough):
         # True once the whole request went to the upstream: an upstream connection that answered
         # before that is mid-request and must not go back to the pool.
         self.request_complete = False
+        self.hash_key: int | None = None  # the route's hash_policy value (hashing clusters)
         # request_mirror_policies chosen for this request: (cluster name, encoded head), then the body.
         self.shadows: list[bytes | tuple[str, bytes]] | None = None
         self.counted = False  # holds one of the cluster's max_requests
@@ -159,7 +161,11 @@ class Router(PassThrough):
             stream.local_reply(action.cluster_not_found_response_code, None)
             return STOP
         self.cluster = cluster
-        host = cluster.pick(self._hash_key(action, head)) if cluster.hashing else cluster.pick()
+        if cluster.hashing:
+            self.hash_key = self._hash_key(action, head)
+            host = cluster.pick(self.hash_key)
+        else:
+            host = cluster.pick()
         if host is None:
             stream.flag("UH")
             cluster.stats.upstream_cx_none_healthy += 1
@@ -520,7 +526,9 @@ class Router(PassThrough):
         retry = self.retry
         assert cluster is not None and retry is not None and self.replay is not None
         self.retries_done += 1
-        host = cluster.pick()
+        # A hashing cluster keeps the request's hash (Envoy retries on the same host unless a host
+        # predicate rejects it; the re-picks below then go elsewhere).
+        host = cluster.pick(self.hash_key) if cluster.hashing else cluster.pick()
         tried = self.tried
         if tried is not None and host is not None:
             # retry_host_predicate previous_hosts: re-pick up to host_selection_retry_max_attempts.
