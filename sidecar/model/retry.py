@@ -43,4 +43,8 @@ class RetryPolicy:
     max_interval: float = 0.25
     # retry_host_predicate envoy.retry_host_predicates.previous_hosts
     avoid_previous_hosts: bool = False
+    # rate_limited_retry_back_off: response headers carrying the wait ((lowercase name, "SECONDS" or
+    # "UNIX_TIMESTAMP"), first match wins) and the cap on it (Envoy's default 300 s).
+    reset_headers: tuple[tuple[bytes, str], ...] = ()
+    reset_max_interval: float = 300.0
     host_selection_retry_max_attempts: int = 1

@@ -28,6 +28,7 @@ def translate_retry_policy(pb: rc_pb2.RetryPolicy, path: str) -> RetryPolicy:
             "retriable_status_codes",
             "retriable_headers",
             "retry_back_off",
+            "rate_limited_retry_back_off",
             "retry_host_predicate",
             "host_selection_retry_max_attempts",
         ),
@@ -65,6 +66,21 @@ def translate_retry_policy(pb: rc_pb2.RetryPolicy, path: str) -> RetryPolicy:
         if mx < base:
             raise ConfigError(f"{bp}.max_interval", "max_interval must be greater than or equal to base_interval")
         kw["max_interval"] = mx
+    if pb.HasField("rate_limited_retry_back_off"):
+        rl = pb.rate_limited_retry_back_off
+        rp = f"{path}.rate_limited_retry_back_off"
+        check_fields(rl, rp, handled=("reset_headers", "max_interval"))
+        if not rl.reset_headers:
+            raise ConfigError(f"{rp}.reset_headers", "value must contain at least 1 item(s)")
+        formats = rc_pb2.RetryPolicy.ResetHeaderFormat
+        kw["reset_headers"] = tuple(
+            (h.name.lower().encode(), formats.Name(h.format)) for h in rl.reset_headers
+        )
+        if rl.HasField("max_interval"):
+            mx = duration(rl.max_interval)
+            if mx < 0.001:
+                raise ConfigError(f"{rp}.max_interval", "value must be greater than or equal to 1ms")
+            kw["reset_max_interval"] = mx
     for i, pred in enumerate(pb.retry_host_predicate):
         pp = f"{path}.retry_host_predicate[{i}]"
         if pred.typed_config.type_url != _PREVIOUS_HOSTS:

@@ -15,6 +15,7 @@ time in [0, min((2^N - 1) * base, max)]."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 
 from sidecar.model.retry import GRPC_CONDITIONS, RetryPolicy
@@ -86,6 +87,7 @@ def decide_retry(
     budget_left: bool,
     rand: float,
     headers_match: bool = False,
+    reset_after: float | None = None,
 ) -> float | Refused | None:
     """Seconds to wait before the next attempt; Refused if retriable but not allowed; None if this
     outcome is final (not retriable)."""
@@ -95,4 +97,25 @@ def decide_retry(
         return Refused.LIMIT
     if not budget_left:
         return Refused.OVERFLOW
+    if reset_after is not None:
+        # rate_limited_retry_back_off: the upstream said how long to wait (capped).
+        return max(0.0, min(reset_after, p.reset_max_interval))
     return backoff(p, retries_done + 1, rand)
+
+
+def reset_delay(p: RetryPolicy, header: Callable[[bytes], bytes | None], now_epoch: float) -> float | None:
+    """Seconds a rate-limited response asks to wait, from the first configured reset header that
+    parses (SECONDS: a delay; UNIX_TIMESTAMP: an instant), else None (the normal back-off)."""
+    for name, fmt in p.reset_headers:
+        raw = header(name)
+        if raw is None:
+            continue
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            continue
+        if fmt == "UNIX_TIMESTAMP":
+            value -= now_epoch
+        if value >= 0:
+            return value
+    return None

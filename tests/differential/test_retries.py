@@ -3,6 +3,8 @@ gets when retries run out, and the attempt-count headers."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.differential.harness import Differential, Target
@@ -131,3 +133,15 @@ def test_a_retry_on_a_hashing_cluster_keeps_the_host(diff: Differential) -> None
 
     got = diff.run(scenario)
     assert all(len(hosts) == 2 and hosts[0] == hosts[1] for hosts in got)
+
+
+def test_rate_limited_back_off_waits_as_the_upstream_asks(diff: Differential) -> None:
+    diff.ups["service1"].behave(Behaviour(status=429, headers=(("retry-after", "1"),), body=b"slow down"))
+
+    def scenario(t: Target) -> tuple[int, int, bool]:
+        start = time.monotonic()
+        obs = t.exchange(request("GET", "/limited", host="r.test"))
+        waited = time.monotonic() - start
+        return obs.status, len(obs.upstream), waited >= 0.95  # a lower bound only: the reset header's 1 s
+
+    assert diff.run(scenario) == (429, 2, True)

@@ -23,7 +23,7 @@ from sidecar.model.retry import RetryPolicy
 from sidecar.model.route import ClusterWeight, DirectResponseAction, RedirectAction, Route, RouteAction
 from sidecar.routing import rewrite, weighted
 from sidecar.upstream.outlier import LOCAL_ORIGIN_FAILURE
-from sidecar.upstream.retry import Outcome, Refused, decide_retry
+from sidecar.upstream.retry import Outcome, Refused, decide_retry, reset_delay
 
 if TYPE_CHECKING:
     from sidecar.http.conn_manager import Stream
@@ -422,7 +422,11 @@ class Router(PassThrough):
             if self.retry.retriable_headers:
                 view = ResponseHead(status, headers)
                 matched = any(m.matches(view, "") for m in self.retry.retriable_headers)  # type: ignore[attr-defined]
-            if self._maybe_retry(Outcome.RESPONSE, status, grpc, limited, matched):
+            after = None
+            if self.retry.reset_headers:
+                view = ResponseHead(status, headers)
+                after = reset_delay(self.retry, view.get, time.time())
+            if self._maybe_retry(Outcome.RESPONSE, status, grpc, limited, matched, after):
                 return
             self._cancel_per_try()
         ms = b"%d" % int((_monotonic() - self.sent_at) * 1000)
@@ -476,7 +480,13 @@ class Router(PassThrough):
 
     # -- retries ----------------------------------------------------------------------------------
     def _maybe_retry(
-        self, outcome: Outcome, status: int, grpc: int | None, limited: bool, headers_match: bool = False
+        self,
+        outcome: Outcome,
+        status: int,
+        grpc: int | None,
+        limited: bool,
+        headers_match: bool = False,
+        reset_after: float | None = None,
     ) -> bool:
         """Retry this request if the policy says so: True when a new attempt is scheduled (the
         current upstream connection, if any, is given up), False to let the outcome stand."""
@@ -488,7 +498,7 @@ class Router(PassThrough):
         breaker = self.cluster.breaker
         budget = self.retry_slot or breaker.retries < breaker.limits.max_retries
         decision = decide_retry(
-            retry, self.retries_done, outcome, status, grpc, limited, budget, random.random(), headers_match
+            retry, self.retries_done, outcome, status, grpc, limited, budget, random.random(), headers_match, reset_after
         )
         if decision is None:
             return False

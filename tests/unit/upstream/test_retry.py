@@ -75,3 +75,18 @@ def test_backoff_is_fully_jittered_and_capped(n: int, rand: float) -> None:
     d = backoff(p, n, rand)
     assert 0 <= d <= min((2**n - 1) * 0.025, 0.25) + 1e-12
     assert backoff(p, n, 0.0) == 0.0
+
+
+def test_reset_header_delay_seconds_and_timestamp_capped() -> None:
+    from sidecar.upstream.retry import reset_delay
+
+    p = RetryPolicy(
+        retry_on=frozenset({"5xx"}),
+        reset_headers=((b"retry-after", "SECONDS"), (b"x-ratelimit-reset", "UNIX_TIMESTAMP")),
+        reset_max_interval=10.0,
+    )
+    hdrs = {b"x-ratelimit-reset": b"1005"}
+    assert reset_delay(p, hdrs.get, 1000.0) == 5.0
+    assert reset_delay(p, {b"retry-after": b"3"}.get, 1000.0) == 3.0
+    assert reset_delay(p, {b"retry-after": b"soon"}.get, 1000.0) is None
+    assert decide_retry(p, 0, Outcome.RESPONSE, 503, None, False, True, 0.5, reset_after=60.0) == 10.0
