@@ -41,6 +41,10 @@ class Thresholds:
     max_pending_requests: int = 1024
     max_requests: int = 1024
     max_retries: int = 3
+    # retry_budget (replaces max_retries when set): budget_percent of the active and pending
+    # requests, at least min_retry_concurrency (Envoy: 20% and 3 when the budget is present).
+    retry_budget_percent: float | None = None
+    min_retry_concurrency: int = 3
 
 
 @dataclass(frozen=True, slots=True)

@@ -144,16 +144,30 @@ def _circuit_breakers(pb: cluster_pb2.Cluster, path: str) -> Thresholds:
         check_fields(
             t,
             tp,
-            handled=("priority", "max_connections", "max_pending_requests", "max_requests", "max_retries"),
+            handled=(
+                "priority",
+                "max_connections",
+                "max_pending_requests",
+                "max_requests",
+                "max_retries",
+                "retry_budget",
+            ),
             ignored=("track_remaining",),
         )
         if t.priority != 0:
             raise ConfigError(f"{tp}.priority", "only DEFAULT priority thresholds are supported by sidecar yet")
+        budget: dict[str, Any] = {}
+        if t.HasField("retry_budget"):
+            rb = t.retry_budget
+            check_fields(rb, f"{tp}.retry_budget", handled=("budget_percent", "min_retry_concurrency"))
+            budget["retry_budget_percent"] = rb.budget_percent.value if rb.HasField("budget_percent") else 20.0
+            budget["min_retry_concurrency"] = opt_uint(rb, "min_retry_concurrency", 3)
         out = Thresholds(
             max_connections=opt_uint(t, "max_connections", 1024),
             max_pending_requests=opt_uint(t, "max_pending_requests", 1024),
             max_requests=opt_uint(t, "max_requests", 1024),
             max_retries=opt_uint(t, "max_retries", 3),
+            **budget,
         )
     return out
 

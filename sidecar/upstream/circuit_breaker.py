@@ -32,7 +32,16 @@ class Breaker:
         return self.requests < self.limits.max_requests
 
     def can_retry(self) -> bool:
-        return self.retries < self.limits.max_retries
+        return self.retries < self.retry_limit()
+
+    def retry_limit(self) -> int:
+        """max_retries, or with a retry_budget: budget_percent of active + pending requests, at
+        least min_retry_concurrency (Envoy's ResourceManagerImpl::RetryBudget)."""
+        lim = self.limits
+        pct = lim.retry_budget_percent
+        if pct is None:
+            return lim.max_retries
+        return max(lim.min_retry_concurrency, int((self.requests + self.pending) * pct / 100.0))
 
     # Gauges Envoy exports as circuit_breakers.default.*_open (1 when the breaker is tripped).
     def open_flags(self) -> dict[str, int]:
@@ -41,5 +50,5 @@ class Breaker:
             "cx_open": int(self.connections >= lim.max_connections),
             "rq_pending_open": int(self.pending >= lim.max_pending_requests),
             "rq_open": int(self.requests >= lim.max_requests),
-            "rq_retry_open": int(self.retries >= lim.max_retries),
+            "rq_retry_open": int(self.retries >= self.retry_limit()),
         }

@@ -496,7 +496,7 @@ class Router(PassThrough):
         if stream.resp_started or self.replay is None:
             return False  # never once response headers went downstream; never a body we dropped
         breaker = self.cluster.breaker
-        budget = self.retry_slot or breaker.retries < breaker.limits.max_retries
+        budget = self.retry_slot or breaker.can_retry()
         decision = decide_retry(
             retry, self.retries_done, outcome, status, grpc, limited, budget, random.random(), headers_match, reset_after
         )

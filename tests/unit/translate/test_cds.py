@@ -501,3 +501,16 @@ def test_outlier_detection_defaults_and_fields() -> None:
     # An unset max_ejection_time is max(300 s, base_ejection_time).
     long = translate_cluster(cluster_pb(static_with(outlier_detection={"base_ejection_time": "400s"})), P)
     assert long.outlier_detection is not None and long.outlier_detection.max_ejection_time == 400.0
+
+
+def test_retry_budget_defaults() -> None:
+    from envoy.config.cluster.v3 import cluster_pb2
+    from google.protobuf import json_format
+
+    from sidecar.translate.cds import translate_cluster
+
+    pb = json_format.ParseDict(
+        {"name": "c", "circuit_breakers": {"thresholds": [{"retry_budget": {}}]}}, cluster_pb2.Cluster()
+    )
+    t = translate_cluster(pb, "clusters[0]").circuit_breakers
+    assert (t.retry_budget_percent, t.min_retry_concurrency) == (20.0, 3)

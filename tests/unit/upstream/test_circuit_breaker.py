@@ -23,3 +23,13 @@ def test_each_resource_is_separate() -> None:
     b = Breaker(Thresholds(max_connections=1, max_pending_requests=2, max_retries=0))
     b.connections = 1
     assert not b.can_connect() and b.can_queue() and b.can_request() and not b.can_retry()
+
+
+def test_retry_budget_replaces_max_retries() -> None:
+    b = Breaker(Thresholds(max_retries=0, retry_budget_percent=20.0, min_retry_concurrency=3))
+    b.requests = 10
+    assert b.retry_limit() == 3  # 20% of 10 is 2: the floor of 3 wins
+    b.requests, b.pending = 40, 10
+    assert b.retry_limit() == 10
+    b.retries = 10
+    assert not b.can_retry()
