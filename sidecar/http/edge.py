@@ -124,6 +124,51 @@ def forwardable(headers: Headers) -> tuple[Headers, bool]:
     return out, chunked
 
 
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def normalize_path(path: bytes) -> bytes:
+    """HCM normalize_path, as Envoy's canonicalizer (chromium_url) leaves a path, before the query:
+    backslashes become slashes, percent-escapes of unreserved characters are decoded (RFC 3986
+    section 2.3; other escapes, valid or not, are kept as they are), then dot segments are removed
+    (RFC 3986 section 5.2.4), a final "." or ".." leaving a trailing slash."""
+    if not path.startswith(b"/"):
+        return path
+    q = path.find(b"?")
+    p, rest = (path, b"") if q < 0 else (path[:q], path[q:])
+    if b"\\" in p:
+        p = p.replace(b"\\", b"/")
+    if b"%" in p:
+        out = bytearray()
+        i, n = 0, len(p)
+        while i < n:
+            c = p[i]
+            if c == 37 and i + 2 < n and p[i + 1] in _HEX and p[i + 2] in _HEX:  # "%XX"
+                ch = int(p[i + 1 : i + 3], 16)
+                if ch in _UNRESERVED:
+                    out.append(ch)
+                    i += 3
+                    continue
+            out.append(c)
+            i += 1
+        p = bytes(out)
+    if b"/." in p:
+        segments = p.split(b"/")[1:]
+        kept: list[bytes] = []
+        last = len(segments) - 1
+        for i, seg in enumerate(segments):
+            if seg == b"." or seg == b"..":
+                if seg == b".." and kept:
+                    kept.pop()
+                if i == last:
+                    kept.append(b"")  # "/a/b/.." -> "/a/"
+                continue
+            kept.append(seg)
+        p = b"/" + b"/".join(kept)
+    return p + rest
+
+
 def merge_slashes(path: bytes) -> bytes:
     """HCM merge_slashes: runs of '/' in the path (not the query) become one (PathUtil::mergeSlashes)."""
     q = path.find(b"?")
@@ -146,6 +191,8 @@ def append_via(headers: Headers, via: bytes) -> None:
 
 def mutate_request_headers(head: RequestHead, cfg: HttpConnectionManager, peer_ip: bytes) -> bytes:
     """Apply the edge rules above to `head`; returns the request id (b"" when ids are off)."""
+    if cfg.normalize_path:
+        head.path = normalize_path(head.path)
     if cfg.merge_slashes:
         head.path = merge_slashes(head.path)
     if cfg.via:

@@ -259,7 +259,6 @@ def _hcm(
     # Accepted by the model but not enforced on the request path yet: refused when they would change
     # anything (their defaults are accepted).
     for name, active in (
-        ("normalize_path", bool_value(pb, "normalize_path", False)),
         ("xff_num_trusted_hops", pb.xff_num_trusted_hops > 0),
     ):
         if active:

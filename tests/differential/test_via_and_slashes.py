@@ -1,4 +1,4 @@
-"""HCM `via` (appended to requests and responses) and `merge_slashes` (before routing)."""
+"""HCM `via` (appended to requests and responses), `normalize_path` and `merge_slashes` (before routing)."""
 
 from __future__ import annotations
 
@@ -29,3 +29,26 @@ def test_merge_slashes_before_routing(diff: Differential) -> None:
     obs = diff.exchange(request("GET", "//a///b?x=//y", host="v.test"))
     assert obs.status == 200
     assert obs.only_upstream.target == "/a/b?x=//y"
+
+
+@pytest.mark.parametrize(
+    ("sent", "seen"),
+    [
+        ("/n/a/./b", "/n/a/b"),
+        ("/n/a/../b", "/n/b"),
+        ("/n/a/%2e%2e/b", "/n/b"),
+        ("/n/a/.%2E/b", "/n/b"),
+        ("/n/a%2Fb", "/n/a%2Fb"),
+        ("/n/a%41b%7e", "/n/aAb~"),
+        ("/n/%zz%2", "/n/%zz%2"),
+        ("/n/a\\b", "/n/a/b"),
+        ("/n/a/b/..", "/n/a/"),
+        ("/n/a/b/.?q=/../x", "/n/a/b/?q=/../x"),
+        ("/n/x/../../n/c", "/n/c"),
+        ("/n/a%3fb/.hidden/..b", "/n/a%3fb/.hidden/..b"),
+    ],
+)
+def test_normalize_path_before_routing(diff: Differential, sent: str, seen: str) -> None:
+    obs = diff.exchange(request("GET", sent, host="v.test"))
+    assert obs.status == 200
+    assert obs.only_upstream.target == seen

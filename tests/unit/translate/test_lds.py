@@ -178,7 +178,7 @@ def test_hcm_every_supported_field() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("normalize_path", True), ("xff_num_trusted_hops", 2)],
+    [("xff_num_trusted_hops", 2)],
 )
 def test_hcm_fields_not_enforced_yet_are_refused(field: str, value: object) -> None:
     e = refused(listener(hcm(**{field: value})))
