@@ -8,6 +8,26 @@ from __future__ import annotations
 Headers = list[tuple[bytes, bytes]]
 
 
+def first_value(headers: Headers, name: bytes) -> bytes | None:
+    for k, v in headers:
+        if k == name:
+            return v
+    return None
+
+
+def joined_value(headers: Headers, name: str) -> str | None:
+    """All values of `name` joined with ',' (as Envoy's header matchers see a repeated header)."""
+    key = name.encode("latin-1")
+    found = [v for k, v in headers if k == key]
+    return b",".join(found).decode("latin-1") if found else None
+
+
+def each_value(headers: Headers, name: str) -> list[str] | None:
+    key = name.encode("latin-1")
+    found = [v.decode("latin-1") for k, v in headers if k == key]
+    return found or None
+
+
 class RequestHead:
     """A request head.  Implements model.route.RequestView for route matching."""
 
@@ -32,10 +52,7 @@ class RequestHead:
         self.scheme = scheme
 
     def get(self, name: bytes) -> bytes | None:
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return None
+        return first_value(self.headers, name)
 
     def header(self, name: str) -> str | None:
         """RequestView: pseudo-headers answered; several values joined with ','."""
@@ -51,24 +68,12 @@ class RequestHead:
             return None
         if name == "host":
             return self.authority.decode("latin-1")
-        key = name.encode("latin-1")
-        found: list[bytes] | None = None
-        for k, v in self.headers:
-            if k == key:
-                if found is None:
-                    found = [v]
-                else:
-                    found.append(v)
-        if found is None:
-            return None
-        return b",".join(found).decode("latin-1")
+        return joined_value(self.headers, name)
 
     def header_values(self, name: str) -> list[str] | None:
         """routing.matchers.MultiValueRequestView: the values of a repeated header one by one
         (Envoy 1.40 matches them value by value).  Only asked when header() holds a ','."""
-        key = name.encode("latin-1")
-        found = [v.decode("latin-1") for k, v in self.headers if k == key]
-        return found or None
+        return each_value(self.headers, name)
 
     def remove(self, name: bytes) -> None:
         self.headers = [h for h in self.headers if h[0] != name]
@@ -79,8 +84,11 @@ class RequestHead:
         for i, (k, _) in enumerate(hs):
             if k == name:
                 hs[i] = (name, value)
-                if any(h[0] == name for h in hs[i + 1 :]):
-                    self.headers = hs[: i + 1] + [h for h in hs[i + 1 :] if h[0] != name]
+                rest = hs[i + 1 :]
+                for h in rest:
+                    if h[0] == name:
+                        self.headers = hs[: i + 1] + [h for h in rest if h[0] != name]
+                        break
                 return
         hs.append((name, value))
 
@@ -97,19 +105,12 @@ class ResponseHead:
         self.reason = reason
 
     def get(self, name: bytes) -> bytes | None:
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return None
+        return first_value(self.headers, name)
 
     def header(self, name: str) -> str | None:
         if name == ":status":
             return str(self.status)
-        key = name.encode("latin-1")
-        found = [v for k, v in self.headers if k == key]
-        return b",".join(found).decode("latin-1") if found else None
+        return joined_value(self.headers, name)
 
     def header_values(self, name: str) -> list[str] | None:
-        key = name.encode("latin-1")
-        found = [v.decode("latin-1") for k, v in self.headers if k == key]
-        return found or None
+        return each_value(self.headers, name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -17,7 +18,9 @@ OVERFLOW = b"upstream connect error or disconnect/reset before headers. reset re
 
 
 def _concurrent(t: Target, path: str, n: int) -> list[tuple[int, bytes, str | None]]:
-    """`n` requests at once on separate connections; (status, body, x-envoy-overloaded), sorted."""
+    """`n` overlapping requests on separate connections, started one after the other (each once the
+    first has reached the upstream, so the breaker sees them in a fixed order); (status, body,
+    x-envoy-overloaded), sorted."""
     results: list[tuple[int, bytes, str | None]] = []
     lock = threading.Lock()
 
@@ -29,8 +32,12 @@ def _concurrent(t: Target, path: str, n: int) -> list[tuple[int, bytes, str | No
                 results.append((r.status, r.body, r.header("x-envoy-overloaded")))
 
     threads = [threading.Thread(target=one) for _ in range(n)]
-    for th in threads:
+    t.ups.clear()
+    threads[0].start()
+    t.ups["service1"].wait_for(1, timeout=5.0)
+    for th in threads[1:]:
         th.start()
+        time.sleep(0.1)
     for th in threads:
         th.join(15)
     return sorted(results)
@@ -39,7 +46,7 @@ def _concurrent(t: Target, path: str, n: int) -> list[tuple[int, bytes, str | No
 
 
 def test_max_requests_overflow(diff: Differential) -> None:
-    diff.ups["service1"].behave(Behaviour(delay=0.6, body=b"slow"))
+    diff.ups["service1"].behave(Behaviour(delay=1.0, body=b"slow"))
 
     def scenario(t: Target) -> list[tuple[int, bytes, str | None]]:
         return _concurrent(t, "/rq", 3)
@@ -49,7 +56,7 @@ def test_max_requests_overflow(diff: Differential) -> None:
 
 
 def test_max_connections_and_pending_overflow(diff: Differential) -> None:
-    diff.ups["service1"].behave(Behaviour(delay=0.5, body=b"slow"))
+    diff.ups["service1"].behave(Behaviour(delay=1.0, body=b"slow"))
 
     def scenario(t: Target) -> tuple[list[tuple[int, bytes, str | None]], int]:
         before = t.stat("cluster.one_connection.upstream_rq_pending_overflow")
@@ -71,3 +78,14 @@ def test_max_retries_zero_means_no_retry(diff: Differential) -> None:
         return obs.status, t.stat("cluster.no_retries.upstream_rq_retry_overflow") - before
 
     assert diff.run(scenario) == (503, 1)
+
+
+def test_an_empty_retry_budget_replaces_max_retries(diff: Differential) -> None:
+    diff.ups["service1"].behave(Behaviour(status=503, body=b"no"))
+
+    def scenario(t: Target) -> tuple[int, int, int]:
+        before = t.stat("cluster.no_budget.upstream_rq_retry_overflow")
+        obs = t.exchange(request("GET", "/budget", host="cb.test"))
+        return obs.status, len(obs.upstream), t.stat("cluster.no_budget.upstream_rq_retry_overflow") - before
+
+    assert diff.run(scenario) == (503, 1, 1)
