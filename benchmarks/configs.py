@@ -17,14 +17,16 @@ import yaml
 LOOPBACK = "127.0.0.1"
 
 # Scenario names, in the order they run and appear in the report.
-SCENARIOS = ("l7", "l4")
+SCENARIOS = ("l7", "l7-policy", "l4")
 SCENARIO_TITLES = {
     "l7": 'L7: http_connection_manager, route prefix "/" -> STATIC cluster, router',
+    "l7-policy": "L7 with traffic policy: retry_policy (5xx, 2 retries), fault filter at 0%, LEAST_REQUEST",
     "l4": "L4: tcp_proxy -> STATIC cluster",
 }
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+_FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 _TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 
 
@@ -100,8 +102,9 @@ def _socket_address(port: int) -> dict[str, Any]:
     return {"socket_address": {"address": LOOPBACK, "port_value": port}}
 
 
-def _static_cluster(upstream_port: int) -> dict[str, Any]:
+def _static_cluster(upstream_port: int, lb_policy: str = "ROUND_ROBIN") -> dict[str, Any]:
     return {
+        "lb_policy": lb_policy,
         "name": "upstream",
         "type": "STATIC",
         "connect_timeout": "1s",
@@ -112,7 +115,8 @@ def _static_cluster(upstream_port: int) -> dict[str, Any]:
     }
 
 
-def _hcm_filter(route: dict[str, Any]) -> dict[str, Any]:
+def _hcm_filter(route: dict[str, Any], filters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    http_filters = [*(filters or []), {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}]
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -123,15 +127,37 @@ def _hcm_filter(route: dict[str, Any]) -> dict[str, Any]:
                 "name": "bench_route",
                 "virtual_hosts": [{"name": "bench", "domains": ["*"], "routes": [route]}],
             },
-            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
+            "http_filters": http_filters,
         },
     }
 
 
 def bootstrap(scenario: str, ports: ProxyPorts, upstream_port: int) -> dict[str, Any]:
-    """The bootstrap for `scenario` ("l7" or "l4"): one listener to one STATIC cluster, plus admin."""
+    """The bootstrap for `scenario` (see SCENARIOS): one listener to one STATIC cluster, plus admin."""
+    lb_policy = "ROUND_ROBIN"
     if scenario == "l7":
         network_filter = _hcm_filter({"match": {"prefix": "/"}, "route": {"cluster": "upstream"}})
+    elif scenario == "l7-policy":
+        # What a mesh user typically has on (issue 3): a VirtualService retry policy, a fault filter that
+        # injects nothing (0%: Istio adds the filter whenever any route has a fault), LEAST_REQUEST.
+        route = {
+            "match": {"prefix": "/"},
+            "route": {
+                "cluster": "upstream",
+                "timeout": "15s",
+                "retry_policy": {"retry_on": "5xx,connect-failure,reset", "num_retries": 2},
+            },
+        }
+        fault = {
+            "name": "envoy.filters.http.fault",
+            "typed_config": {
+                "@type": _FAULT,
+                "abort": {"http_status": 503, "percentage": {"numerator": 0, "denominator": "HUNDRED"}},
+                "delay": {"fixed_delay": "1s", "percentage": {"numerator": 0, "denominator": "HUNDRED"}},
+            },
+        }
+        network_filter = _hcm_filter(route, [fault])
+        lb_policy = "LEAST_REQUEST"
     elif scenario == "l4":
         network_filter = {
             "name": "envoy.filters.network.tcp_proxy",
@@ -149,7 +175,7 @@ def bootstrap(scenario: str, ports: ProxyPorts, upstream_port: int) -> dict[str,
                     "filter_chains": [{"filters": [network_filter]}],
                 }
             ],
-            "clusters": [_static_cluster(upstream_port)],
+            "clusters": [_static_cluster(upstream_port, lb_policy)],
         },
     }
 

@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma list of envoy|sidecar; ratios are "
         "each proxy over the first (default envoy,sidecar; envoy,envoy checks the harness)",
     )
-    ap.add_argument("--scenarios", default=",".join(configs.SCENARIOS), help="comma list of l7,l4")
+    ap.add_argument("--scenarios", default=",".join(configs.SCENARIOS), help="comma list of l7,l7-policy,l4")
     # Defaults: 2 scenarios x 2 proxies x 7 rounds x (1 + 5 s) is about 3.5 minutes in all. Many short
     # interleaved rounds resist drifting background load better than a few long ones.
     ap.add_argument("--rounds", type=int, default=7)

@@ -14,6 +14,7 @@ ConnectionManagerUtility::mutateRequestHeaders, for HTTP/1.
 from __future__ import annotations
 
 import fcntl
+import os
 import random
 import socket
 import struct
@@ -56,12 +57,44 @@ _EDGE_NAMES = CONTROL_HEADERS | {b"x-forwarded-proto", b"x-request-id"}
 _getrandbits = random.getrandbits
 
 
+_HEX_TO_VARIANT = bytes.maketrans(b"0123456789abcdef", b"89ab89ab89ab89ab")
+_ID_BATCH = 512
+_ids: list[bytes] = []
+
+
+def _refill_request_ids() -> None:
+    """Make _ID_BATCH version-4 UUIDs at once: one random draw and hexlify for the whole batch, then
+    the 8-4-4-4-12 layout laid down with one extended-slice assignment per character position
+    (about a tenth of formatting each id on its own, which cost half a microsecond a request)."""
+    n = _ID_BATCH
+    hexed = _getrandbits(128 * n).to_bytes(16 * n, "little").hex().encode()
+    out = bytearray(36 * n)
+    j = 0
+    for pos in range(36):
+        if pos in (8, 13, 18, 23):
+            out[pos::36] = b"-" * n
+        elif pos == 14:
+            out[pos::36] = b"4" * n  # version nibble (RFC 4122 section 4.4)
+            j += 1
+        elif pos == 19:
+            out[pos::36] = hexed[j::32].translate(_HEX_TO_VARIANT)  # variant bits 10xx
+            j += 1
+        else:
+            out[pos::36] = hexed[j::32]
+            j += 1
+    text = bytes(out)
+    _ids.extend([text[i : i + 36] for i in range(0, 36 * n, 36)])
+
+
+# A forked worker must not hand out its parent's ids (random itself reseeds in the child).
+os.register_at_fork(after_in_child=_ids.clear)
+
+
 def new_request_id() -> bytes:
     """A random (version 4) UUID, as Envoy's UUIDUtils generates for x-request-id."""
-    r = _getrandbits(128)
-    h = b"%032x" % r
-    # version nibble 4, variant bits 10xx (RFC 4122 section 4.4)
-    return b"%s-%s-4%s-%x%s-%s" % (h[0:8], h[8:12], h[13:16], 8 | (r >> 60 & 3), h[17:20], h[20:32])
+    if not _ids:
+        _refill_request_ids()
+    return _ids.pop()
 
 
 @cache

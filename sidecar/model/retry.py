@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # retry_on conditions we implement (Envoy's router "x-envoy-retry-on" / "x-envoy-retry-grpc-on" values).
 HTTP_CONDITIONS = frozenset(
@@ -48,3 +48,28 @@ class RetryPolicy:
     reset_headers: tuple[tuple[bytes, str], ...] = ()
     reset_max_interval: float = 300.0
     host_selection_retry_max_attempts: int = 1
+    # Derived (the router's response fast path): whether any condition reads response headers, and
+    # the lowest status any status-only condition retries (1000: none) -- below it, with no header
+    # conditions, a response can't be retried and the router skips the retry decision.
+    reads_headers: bool = field(init=False, repr=False, compare=False)
+    status_floor: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        on = self.retry_on
+        reads = bool(
+            self.retriable_headers
+            or self.reset_headers
+            or "envoy-ratelimited" in on
+            or any(name in on for name in GRPC_CONDITIONS)
+        )
+        floors = [1000]
+        if "5xx" in on:
+            floors.append(500)
+        if "gateway-error" in on:
+            floors.append(502)
+        if "retriable-4xx" in on:
+            floors.append(409)
+        if "retriable-status-codes" in on and self.retriable_status_codes:
+            floors.append(min(self.retriable_status_codes))
+        object.__setattr__(self, "reads_headers", reads)
+        object.__setattr__(self, "status_floor", min(floors))

@@ -92,8 +92,11 @@ class FaultSettings:
 
     @property
     def inert(self) -> bool:
-        """Nothing to inject at all: the filter can pass the request on at once."""
-        return self.delay is None and self.abort is None
+        """Nothing can ever be injected: no fault configured, or only at 0% (a header percentage is
+        capped by the configured one, HeaderPercentageProvider, so it cannot raise a 0% either)."""
+        return (self.delay is None or self.delay.numerator == 0) and (
+            self.abort is None or self.abort.numerator == 0
+        )
 
 
 def parse_uint(value: str | None, limit: int = 2**64 - 1) -> int | None:

@@ -410,7 +410,8 @@ class Router(PassThrough):
         self.cluster.stats.response(status)
         if self.cluster.detector is not None and self.host is not None:
             self.cluster.report(self.host, status)
-        if self.retry is not None:
+        retry = self.retry
+        if retry is not None and (retry.reads_headers or status >= retry.status_floor):
             grpc = None
             limited = False
             for k, v in headers:
@@ -428,6 +429,7 @@ class Router(PassThrough):
                 after = reset_delay(self.retry, view.get, time.time())
             if self._maybe_retry(Outcome.RESPONSE, status, grpc, limited, matched, after):
                 return
+        if self.per_try is not None:
             self._cancel_per_try()
         ms = b"%d" % int((_monotonic() - self.sent_at) * 1000)
         vhost = stream.vhost

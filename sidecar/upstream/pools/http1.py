@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 import httptools
 
 from sidecar.http import local_reply
+from sidecar.upstream.original_dst import source_address
 
 if TYPE_CHECKING:
     from sidecar.upstream.cluster_manager import Host
@@ -116,7 +117,7 @@ class Http1UpstreamConnection(asyncio.Protocol):
             # Bytes on an idle connection: the upstream is confused; don't reuse it.
             self.close()
             return
-        down = cast(Corkable, self.handler.downstream)  # set while the handler holds this connection
+        down: Corkable = self.handler.downstream  # type: ignore[assignment]  # set while it holds us
         down.last_io = self.pool.loop.time()  # response bytes count as stream activity
         down.cork()
         try:
@@ -300,7 +301,9 @@ class Http1Pool:
             if addr.pipe:
                 coro = self.loop.create_unix_connection(lambda: conn, addr.pipe)
             else:
-                coro = self.loop.create_connection(lambda: conn, addr.host, addr.port)
+                # upstream_bind_config (upstream/original_dst.py): bind the source address first.
+                local = source_address(self.host.cluster.config, addr)
+                coro = self.loop.create_connection(lambda: conn, addr.host, addr.port, local_addr=local)
             if self.connect_timeout > 0:
                 await asyncio.wait_for(coro, self.connect_timeout)
             else:
