@@ -160,7 +160,8 @@ class Server:
         cm.update(self._snapshot.clusters)
         await cm.initialize()
         lm = self.listeners = ListenerManager(loop, cm, self._stats)
-        await lm.start(sockets)
+        # bind_to_port: false listeners have no socket; they are registered for hand-off.
+        await lm.start(sockets, unbound=[lst for lst in self._snapshot.listeners if not lst.bind_to_port])
         if worker != 0:
             # The main process relays /drain_listeners to the workers as SIGUSR2.
             loop.add_signal_handler(signal.SIGUSR2, self._drain_worker)

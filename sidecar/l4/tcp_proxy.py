@@ -2,7 +2,11 @@
 
 Backpressure both ways (a side whose write buffer is over the limit pauses reading on the other),
 half-close passed through (FIN one way does not end the other direction, as Envoy), idle timeout
-(default 1 h) measured lazily from the last byte either way."""
+(default 1 h) measured lazily from the last byte either way.
+
+An ORIGINAL_DST cluster connects to the connection's `original_dst`, which the listener manager sets
+before connection_made when the original_dst listener filter restored it (else None: no host, the
+connection is closed as Envoy does).  upstream_bind_config binds the upstream socket's source."""
 
 from __future__ import annotations
 
@@ -14,8 +18,10 @@ from sidecar.model.listener import TcpProxy
 from sidecar.model.route import ClusterWeight
 from sidecar.observe.stats import Stats
 from sidecar.routing import weighted
+from sidecar.upstream.original_dst import source_address
 
 if TYPE_CHECKING:
+    from sidecar.model.endpoint import SocketAddress
     from sidecar.upstream.cluster_manager import ClusterManager, Host
 
 
@@ -100,6 +106,7 @@ class TcpProxyConnection(asyncio.Protocol):
         "host",
         "idle_timer",
         "last",
+        "original_dst",
         "owner",
         "rt",
         "transport",
@@ -122,6 +129,8 @@ class TcpProxyConnection(asyncio.Protocol):
         self.last = 0.0
         self.up_paused = False
         self.draining = False
+        # The restored original destination (listener/manager.py), for ORIGINAL_DST clusters.
+        self.original_dst: SocketAddress | None = None
 
     # -- downstream ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -135,7 +144,10 @@ class TcpProxyConnection(asyncio.Protocol):
         cfg = rt.cfg
         name = weighted.pick(rt.weights, 0, random.getrandbits(32)).name if rt.weights else cfg.cluster
         cluster = rt.cluster_manager.get(name)
-        host = cluster.pick() if cluster is not None else None
+        host = None
+        if cluster is not None:
+            od = cluster.original_dst
+            host = cluster.pick() if od is None else od.pick(self.original_dst)
         if cluster is None or host is None:
             rt.stats.downstream_cx_no_route += 1
             if cluster is not None:
@@ -160,7 +172,8 @@ class TcpProxyConnection(asyncio.Protocol):
             if addr.pipe:
                 coro = rt.loop.create_unix_connection(lambda: up, addr.pipe)
             else:
-                coro = rt.loop.create_connection(lambda: up, addr.host, addr.port)
+                local = source_address(cluster.config, addr)
+                coro = rt.loop.create_connection(lambda: up, addr.host, addr.port, local_addr=local)
             await asyncio.wait_for(coro, timeout)
         except (TimeoutError, OSError):
             cluster.stats.upstream_cx_connect_fail += 1

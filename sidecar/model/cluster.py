@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from sidecar.model.endpoint import Endpoint
+from sidecar.model.endpoint import Endpoint, SocketAddress
+from sidecar.model.health_check import HealthCheck
 from sidecar.model.outlier import OutlierDetection
 
 
@@ -23,6 +24,8 @@ class LbPolicy(Enum):
     LEAST_REQUEST = "LEAST_REQUEST"
     RING_HASH = "RING_HASH"
     MAGLEV = "MAGLEV"
+    # The cluster picks its own host: ORIGINAL_DST (the downstream's original destination).
+    CLUSTER_PROVIDED = "CLUSTER_PROVIDED"
 
 
 class DnsLookupFamily(Enum):
@@ -31,6 +34,19 @@ class DnsLookupFamily(Enum):
     V6_ONLY = "V6_ONLY"
     V4_PREFERRED = "V4_PREFERRED"
     ALL = "ALL"
+
+
+@dataclass(frozen=True, slots=True)
+class OriginalDstConfig:
+    """An ORIGINAL_DST cluster's original_dst_lb_config and cleanup_interval (Envoy's defaults)."""
+
+    # use_http_header: the request header (default x-envoy-original-dst-host) names the host instead.
+    use_http_header: bool = False
+    http_header_name: bytes = b"x-envoy-original-dst-host"
+    # upstream_port_override: 0 keeps the destination's port.
+    upstream_port_override: int = 0
+    # Hosts unused for a whole cleanup_interval are dropped (default 5 s).
+    cleanup_interval: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,3 +101,19 @@ class Cluster:
     update_merge_window: float = 1.0
     # circuit_breakers.thresholds for the DEFAULT priority (Envoy's defaults when absent).
     circuit_breakers: Thresholds = Thresholds()
+    # Priorities and localities (upstream/lb/priority.py): load_assignment.policy's
+    # overprovisioning_factor (percent, Envoy's default 140) and weighted_priority_health, and
+    # common_lb_config.locality_weighted_lb_config.
+    overprovisioning_factor: int = 140
+    weighted_priority_health: bool = False
+    locality_weighted_lb: bool = False
+    # common_lb_config.zone_aware_lb_config.fail_traffic_on_panic: a panic pick finds no host.
+    fail_traffic_on_panic: bool = False
+    # health_checks (upstream/health_check.py) and common_lb_config.ignore_new_hosts_until_first_hc.
+    health_checks: tuple[HealthCheck, ...] = ()
+    ignore_new_hosts_until_first_hc: bool = False
+    # type ORIGINAL_DST: how the host is found (None for every other type).
+    original_dst: OriginalDstConfig | None = None
+    # upstream_bind_config.source_address: upstream connections bind this local address first
+    # (Istio's InboundPassthroughCluster binds 127.0.0.6).
+    upstream_bind_address: SocketAddress | None = None

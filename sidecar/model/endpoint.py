@@ -32,6 +32,16 @@ class Endpoint:
     health_status: str = "UNKNOWN"
     hostname: str = ""
     priority: int = 0
+    # The LocalityLbEndpoints it came from: its locality (region, zone, sub_zone; Envoy orders
+    # localities by these) and load_balancing_weight (0 = unset, which weighs 0 with
+    # locality_weighted_lb_config, as in Envoy's PriorityStateManager).
+    locality: tuple[str, str, str] = ("", "", "")
+    locality_weight: int = 0
+    # endpoint.health_check_config: port_value (0 = the endpoint's port), hostname (the Host of
+    # HTTP health checks), disable_active_health_check.
+    health_check_port: int = 0
+    health_check_hostname: str = ""
+    disable_active_health_check: bool = False
 
     @property
     def healthy(self) -> bool:

@@ -1,10 +1,12 @@
 """Listeners, filter chains and network filters (Envoy's config.listener.v3 and the two terminal
-network filters we implement: tcp_proxy and http_connection_manager)."""
+network filters we implement: tcp_proxy and http_connection_manager), listener filters and
+filter_chain_match."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol
 
 from sidecar.model.endpoint import SocketAddress
 from sidecar.model.route import RouteConfiguration
@@ -90,11 +92,75 @@ class HttpConnectionManager:
 NetworkFilter = TcpProxy | HttpConnectionManager
 
 
+class SourceType(Enum):
+    """FilterChainMatch.source_type."""
+
+    ANY = "ANY"
+    SAME_IP_OR_LOOPBACK = "SAME_IP_OR_LOOPBACK"
+    EXTERNAL = "EXTERNAL"
+
+
+@dataclass(frozen=True, slots=True)
+class FilterChainMatch:
+    """config.listener.v3.FilterChainMatch, normalised at translate time: CIDRs as canonical
+    `network/len` strings, server names lowercased, port 0 meaning "any destination port".
+    Empty tuples match everything, as in Envoy."""
+
+    destination_port: int = 0
+    prefix_ranges: tuple[str, ...] = ()
+    server_names: tuple[str, ...] = ()
+    transport_protocol: str = ""
+    application_protocols: tuple[str, ...] = ()
+    direct_source_prefix_ranges: tuple[str, ...] = ()
+    source_type: SourceType = SourceType.ANY
+    source_prefix_ranges: tuple[str, ...] = ()
+    source_ports: tuple[int, ...] = ()
+
+
+ANY_MATCH = FilterChainMatch()
+
+
 @dataclass(frozen=True, slots=True)
 class FilterChain:
     name: str
     # The terminal filter is last; for now it is the only one.
     filters: tuple[NetworkFilter, ...]
+    match: FilterChainMatch = ANY_MATCH
+
+
+class ListenerFilterKind(Enum):
+    """The listener filters sidecar implements (found by their typed_config type, as Envoy does)."""
+
+    ORIGINAL_DST = "envoy.filters.listener.original_dst"
+    TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
+    HTTP_INSPECTOR = "envoy.filters.listener.http_inspector"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerFilter:
+    name: str
+    kind: ListenerFilterKind
+    # tls_inspector: max_client_hello_size (a larger ClientHello closes the connection) and
+    # close_connection_on_client_hello_parsing_errors (a malformed one closes instead of plaintext).
+    max_client_hello_size: int = 16384
+    close_on_parse_error: bool = False
+
+
+class ChainSelector(Protocol):
+    """The compiled filter_chain_match table (listener/chain_match.py ChainTable)."""
+
+    def select(
+        self,
+        dest_ip: str,
+        dest_port: int,
+        server_name: str,
+        transport_protocol: str,
+        app_protos: tuple[str, ...],
+        source_ip: str,
+        source_port: int,
+        is_local_source: bool,
+        direct_source_ip: str | None = None,
+    ) -> FilterChain | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +178,36 @@ class Listener:
     # Listener.stat_prefix: the listener's stats scope ("listener.<stat_prefix>."); "" means Envoy's
     # default, the address.
     stat_prefix: str = ""
+    # listener_filters run in order before chain selection; a connection that has not finished them
+    # within listener_filters_timeout (0 disables it) is closed, or, with
+    # continue_on_listener_filters_timeout, goes on to chain selection with what was found so far.
+    listener_filters: tuple[ListenerFilter, ...] = ()
+    listener_filters_timeout: float = 15.0
+    continue_on_listener_filters_timeout: bool = False
+    # IP_TRANSPARENT (TPROXY capture) and IP_FREEBIND on the listening socket.
+    transparent: bool = False
+    freebind: bool = False
+    # Built by translate/lds.py from the chains' FilterChainMatch (sidecar.listener.chain_match).
+    chain_table: ChainSelector | None = field(default=None, compare=False)
 
     def chain(self) -> FilterChain | None:
-        """The filter chain for a new connection (chain matching arrives with traffic capture)."""
+        """The first filter chain, else the default one: every connection's chain when
+        `single_chain` holds (otherwise chain_table selects per connection)."""
         if self.filter_chains:
             return self.filter_chains[0]
         return self.default_filter_chain
+
+    @property
+    def single_chain(self) -> bool:
+        """Every connection gets the same chain: no selection needed (the accept fast path)."""
+        if len(self.filter_chains) == 1:
+            return self.filter_chains[0].match == ANY_MATCH
+        return not self.filter_chains and self.default_filter_chain is not None
+
+    @property
+    def restores_destination(self) -> bool:
+        """Connections get their original destination (original_dst listener filter, which Envoy
+        also adds on its own for use_original_dst)."""
+        return self.use_original_dst or any(
+            f.kind is ListenerFilterKind.ORIGINAL_DST for f in self.listener_filters
+        )

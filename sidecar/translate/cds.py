@@ -15,11 +15,19 @@ from envoy.config.core.v3 import address_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
-from sidecar.model.cluster import Cluster, DiscoveryType, DnsLookupFamily, LbPolicy, Thresholds
+from sidecar.model.cluster import (
+    Cluster,
+    DiscoveryType,
+    DnsLookupFamily,
+    LbPolicy,
+    OriginalDstConfig,
+    Thresholds,
+)
 from sidecar.model.endpoint import Endpoint, SocketAddress
-from sidecar.translate.common import config_hash, enum_name, log_ignored, socket_address, unpack
+from sidecar.translate.common import config_hash, enum_name, is_ip, log_ignored, socket_address, unpack
 from sidecar.translate.errors import ConfigError
 from sidecar.translate.fields import check_fields, opt_duration, opt_uint
+from sidecar.translate.health_check import translate_health_checks
 from sidecar.translate.outlier import translate_outlier_detection
 from sidecar.upstream.lb.maglev import is_prime
 
@@ -29,7 +37,7 @@ HTTP_PROTOCOL_OPTIONS = (
     "envoy.upstreams.http.http_protocol_options",
 )
 _HPO = http_protocol_options_pb2.HttpProtocolOptions
-_SUPPORTED_TYPES = {"STATIC", "STRICT_DNS", "LOGICAL_DNS"}
+_SUPPORTED_TYPES = {"STATIC", "STRICT_DNS", "LOGICAL_DNS", "ORIGINAL_DST"}
 _SUPPORTED_LB = {"ROUND_ROBIN", "RANDOM", "LEAST_REQUEST", "RING_HASH", "MAGLEV"}
 # The lb_config message each policy reads (Envoy ignores one that does not match lb_policy).
 _LB_CONFIG = {
@@ -61,6 +69,10 @@ _HANDLED = (
     "maglev_lb_config",
     "outlier_detection",
     "circuit_breakers",
+    "health_checks",
+    "original_dst_lb_config",
+    "cleanup_interval",
+    "upstream_bind_config",
 )
 # Stats naming, metadata for features we do not have, socket tuning, warming/cleanup knobs.
 _IGNORED = (
@@ -88,17 +100,17 @@ def translate_cluster(pb: cluster_pb2.Cluster, path: str) -> Cluster:
     if kind not in _SUPPORTED_TYPES:
         raise ConfigError(f"{path}.type", f"{kind} clusters are not supported by sidecar yet")
     lb = enum_name(pb, "lb_policy", path)
-    if lb not in _SUPPORTED_LB:
+    original_dst = _original_dst(pb, kind, lb, path)
+    if lb not in _SUPPORTED_LB and original_dst is None:
         raise ConfigError(
             f"{path}.lb_policy",
             f"{lb} is not supported by sidecar yet "
             "(ROUND_ROBIN, RANDOM, LEAST_REQUEST, RING_HASH and MAGLEV are)",
         )
-    lb_kw = _lb_config(pb, lb, path)
+    lb_kw = _lb_config(pb, lb, path) if original_dst is None else {}
     if lb in ("RING_HASH", "MAGLEV"):
         _refuse_hash_keys(pb, path)
-    if pb.HasField("common_lb_config"):
-        check_fields(pb.common_lb_config, f"{path}.common_lb_config", handled=())
+    lb_kw.update(_common_lb_config(pb, path))
     connect_timeout = opt_duration(pb, "connect_timeout", 5.0)
     if connect_timeout <= 0:
         raise ConfigError(f"{path}.connect_timeout", "value must be greater than 0s")
@@ -126,8 +138,140 @@ def translate_cluster(pb: cluster_pb2.Cluster, path: str) -> Cluster:
             else None
         ),
         circuit_breakers=breakers,
+        health_checks=translate_health_checks(list(pb.health_checks), f"{path}.health_checks"),
+        **_lb_policy_config(pb.load_assignment, f"{path}.load_assignment"),
+        original_dst=original_dst,
+        upstream_bind_address=_bind_address(pb, path),
         **lb_kw,
     )
+
+
+def _original_dst(pb: cluster_pb2.Cluster, kind: str, lb: str, path: str) -> OriginalDstConfig | None:
+    """type ORIGINAL_DST with lb_policy CLUSTER_PROVIDED (PassthroughCluster,
+    InboundPassthroughCluster): Envoy's OriginalDstClusterFactory checks, in its order."""
+    if kind != "ORIGINAL_DST":
+        if lb == "CLUSTER_PROVIDED":
+            raise ConfigError(
+                f"{path}.lb_policy",
+                f"cluster manager: cluster provided LB specified but cluster '{pb.name}' did not provide "
+                "one. Check cluster documentation.",
+            )
+        for name in ("original_dst_lb_config", "cleanup_interval"):
+            if pb.HasField(name):
+                log_ignored(f"{path}.{name}", f"the cluster type is {kind}")
+        return None
+    if lb != "CLUSTER_PROVIDED":
+        raise ConfigError(
+            f"{path}.lb_policy",
+            f"cluster: LB policy {lb} is not valid for Cluster type ORIGINAL_DST. Only 'CLUSTER_PROVIDED' "
+            "is allowed with cluster type 'ORIGINAL_DST'",
+        )
+    if pb.HasField("load_assignment"):
+        raise ConfigError(f"{path}.load_assignment", "ORIGINAL_DST clusters must have no load assignment configured")
+    c = pb.original_dst_lb_config
+    cp = f"{path}.original_dst_lb_config"
+    # metadata_key (dynamic metadata names the host) has no producer in sidecar.
+    check_fields(c, cp, handled=("use_http_header", "http_header_name", "upstream_port_override"))
+    if not c.use_http_header and c.http_header_name:
+        raise ConfigError(
+            cp,
+            f"ORIGINAL_DST cluster: invalid config http_header_name={c.http_header_name} and use_http_header "
+            "is false. Set use_http_header to true if http_header_name is desired.",
+        )
+    port = opt_uint(c, "upstream_port_override", 0)
+    if port > 65535:
+        raise ConfigError(f"{cp}.upstream_port_override", "value must be less than or equal to 65535")
+    cleanup = opt_duration(pb, "cleanup_interval", 5.0)
+    if cleanup <= 0:
+        raise ConfigError(f"{path}.cleanup_interval", "value must be greater than 0s")
+    return OriginalDstConfig(
+        use_http_header=c.use_http_header,
+        http_header_name=(c.http_header_name or "x-envoy-original-dst-host").lower().encode("latin-1"),
+        upstream_port_override=port,
+        cleanup_interval=cleanup,
+    )
+
+
+def _bind_address(pb: cluster_pb2.Cluster, path: str) -> SocketAddress | None:
+    """upstream_bind_config.source_address (an IP; port 0 lets the kernel choose)."""
+    if not pb.HasField("upstream_bind_config"):
+        return None
+    bc = pb.upstream_bind_config
+    bp = f"{path}.upstream_bind_config"
+    check_fields(bc, bp, handled=("source_address",))
+    if not bc.HasField("source_address"):
+        return None
+    sa = bc.source_address
+    sp = f"{bp}.source_address"
+    check_fields(sa, sp, handled=("protocol", "address", "port_value"))
+    if not is_ip(sa.address):
+        raise ConfigError(f"{sp}.address", f"malformed IP address: {sa.address}")
+    return SocketAddress(sa.address, sa.port_value)
+
+
+def _common_lb_config(pb: cluster_pb2.Cluster, path: str) -> dict[str, Any]:
+    """common_lb_config: healthy_panic_threshold (a Percent, 0..100; default 50), update_merge_window,
+    locality_weighted_lb_config, ignore_new_hosts_until_first_hc, zone_aware_lb_config's
+    fail_traffic_on_panic.  Zone-aware routing itself needs the local cluster (bootstrap
+    cluster_manager.local_cluster_name, not used by sidecar), without which Envoy does none: its
+    other knobs are ignored."""
+    if not pb.HasField("common_lb_config"):
+        return {}
+    c = pb.common_lb_config
+    cp = f"{path}.common_lb_config"
+    check_fields(
+        c,
+        cp,
+        handled=(
+            "healthy_panic_threshold",
+            "update_merge_window",
+            "locality_weighted_lb_config",
+            "ignore_new_hosts_until_first_hc",
+            "zone_aware_lb_config",
+        ),
+    )
+    kw: dict[str, Any] = {}
+    if c.HasField("healthy_panic_threshold"):
+        value = c.healthy_panic_threshold.value
+        if not 0 <= value <= 100:
+            raise ConfigError(f"{cp}.healthy_panic_threshold.value", "value must be inside range [0, 100]")
+        kw["healthy_panic_threshold"] = value
+    if c.HasField("update_merge_window"):
+        kw["update_merge_window"] = opt_duration(c, "update_merge_window", 1.0)
+    if c.HasField("locality_weighted_lb_config"):
+        check_fields(c.locality_weighted_lb_config, f"{cp}.locality_weighted_lb_config", handled=())
+        kw["locality_weighted_lb"] = True
+    kw["ignore_new_hosts_until_first_hc"] = c.ignore_new_hosts_until_first_hc
+    if c.HasField("zone_aware_lb_config"):
+        z = c.zone_aware_lb_config
+        zp = f"{cp}.zone_aware_lb_config"
+        check_fields(
+            z,
+            zp,
+            handled=("fail_traffic_on_panic",),
+            ignored=("routing_enabled", "min_cluster_size", "force_locality_direct_routing"),
+        )
+        kw["fail_traffic_on_panic"] = z.fail_traffic_on_panic
+    return kw
+
+
+def _lb_policy_config(la: Any, path: str) -> dict[str, Any]:
+    """load_assignment.policy: overprovisioning_factor (> 0, default 140) and weighted_priority_health."""
+    if not la.HasField("policy"):
+        return {}
+    pol = la.policy
+    pp = f"{path}.policy"
+    # endpoint_stale_after acts on EDS updates only, which static clusters never get.
+    check_fields(
+        pol,
+        pp,
+        handled=("overprovisioning_factor", "weighted_priority_health"),
+        ignored=("endpoint_stale_after",),
+    )
+    factor = opt_uint(pol, "overprovisioning_factor", 140)
+    if factor == 0:
+        raise ConfigError(f"{pp}.overprovisioning_factor", "value must be greater than 0")
+    return {"overprovisioning_factor": factor, "weighted_priority_health": pol.weighted_priority_health}
 
 
 def _circuit_breakers(pb: cluster_pb2.Cluster, path: str) -> Thresholds:
@@ -247,13 +391,6 @@ def _endpoints(pb: cluster_pb2.Cluster, kind: str, path: str) -> tuple[Endpoint,
     lp = f"{path}.load_assignment"
     # cluster_name may differ from the cluster's name: Envoy only uses it for EDS.
     check_fields(la, lp, handled=("cluster_name", "endpoints", "policy"))
-    if la.HasField("policy"):
-        check_fields(
-            la.policy,
-            f"{lp}.policy",
-            handled=(),
-            ignored=("overprovisioning_factor", "weighted_priority_health"),
-        )
     if kind == "LOGICAL_DNS" and (len(la.endpoints) != 1 or len(la.endpoints[0].lb_endpoints) != 1):
         raise ConfigError(
             lp, "LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single lb_endpoint"
@@ -265,15 +402,26 @@ def _endpoints(pb: cluster_pb2.Cluster, kind: str, path: str) -> tuple[Endpoint,
 
 
 def _locality(loc: endpoint_components_pb2.LocalityLbEndpoints, kind: str, path: str) -> list[Endpoint]:
-    # Locality weights only act with locality-weighted LB (common_lb_config, refused above).
+    # The locality and its weight act with common_lb_config.locality_weighted_lb_config
+    # (upstream/lb/priority.py); proximity only feeds zone-aware routing.
     check_fields(
         loc,
         path,
-        handled=("lb_endpoints", "priority"),
-        ignored=("locality", "metadata", "load_balancing_weight", "proximity"),
+        handled=("lb_endpoints", "priority", "locality", "load_balancing_weight"),
+        ignored=("metadata", "proximity"),
     )
     if loc.priority > 128:
         raise ConfigError(f"{path}.priority", "value must be less than or equal to 128")
+    locality = ("", "", "")
+    if loc.HasField("locality"):
+        check_fields(loc.locality, f"{path}.locality", handled=("region", "zone", "sub_zone"))
+        locality = (loc.locality.region, loc.locality.zone, loc.locality.sub_zone)
+    locality_weight = opt_uint(loc, "load_balancing_weight", 0)
+    if loc.HasField("load_balancing_weight") and locality_weight < 1:
+        raise ConfigError(f"{path}.load_balancing_weight", "value must be greater than or equal to 1")
+    if not loc.HasField("locality"):
+        # PriorityStateManager records a weight only for an explicit locality.
+        locality_weight = 0
     out = []
     for j, lbe in enumerate(loc.lb_endpoints):
         ep_path = f"{path}.lb_endpoints[{j}]"
@@ -288,11 +436,19 @@ def _locality(loc: endpoint_components_pb2.LocalityLbEndpoints, kind: str, path:
         if weight < 1:
             raise ConfigError(f"{ep_path}.load_balancing_weight", "value must be greater than or equal to 1")
         ep = lbe.endpoint
-        # No active health checking here, so an endpoint's health_check_config has nothing to act on.
-        check_fields(
-            ep, f"{ep_path}.endpoint", handled=("address", "hostname"), ignored=("health_check_config",)
-        )
+        check_fields(ep, f"{ep_path}.endpoint", handled=("address", "hostname", "health_check_config"))
+        hcc = ep.health_check_config
+        hcp = f"{ep_path}.endpoint.health_check_config"
+        # health_check_config.address (probe another host) is not implemented.
+        check_fields(hcc, hcp, handled=("port_value", "hostname", "disable_active_health_check"))
+        if hcc.port_value > 65535:
+            raise ConfigError(f"{hcp}.port_value", "value must be less than or equal to 65535")
         address = _endpoint_address(ep.address, kind, f"{ep_path}.endpoint.address")
+        if hcc.port_value and address.pipe:
+            # HostDescriptionImpl's wording.
+            raise ConfigError(
+                f"{hcp}.port_value", "Invalid host configuration: non-zero port for non-IP address"
+            )
         out.append(
             Endpoint(
                 address=address,
@@ -300,6 +456,11 @@ def _locality(loc: endpoint_components_pb2.LocalityLbEndpoints, kind: str, path:
                 health_status=enum_name(lbe, "health_status", ep_path),
                 hostname=ep.hostname,
                 priority=loc.priority,
+                locality=locality,
+                locality_weight=locality_weight,
+                health_check_port=hcc.port_value,
+                health_check_hostname=hcc.hostname,
+                disable_active_health_check=hcc.disable_active_health_check,
             )
         )
     return out

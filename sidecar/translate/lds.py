@@ -1,8 +1,10 @@
 """config.listener.v3.Listener -> model.listener.Listener, with its two terminal network filters:
 envoy.filters.network.tcp_proxy and envoy.filters.network.http_connection_manager.
 
-For now a listener has one filter chain with no filter_chain_match (or only a default_filter_chain);
-chain matching, listener filters, TLS and RDS are refused by path until they exist.  Network and HTTP
+Listener-level fields (listener filters, filter_chain_match, use_original_dst, transparent ...) are
+translated here too; the chains' FilterChainMatch is compiled into the listener's chain_table
+(listener/chain_match.py), refusing overlapping matches as Envoy does.  TLS and RDS are refused by
+path until they exist.  Network and HTTP
 filters are found by their typed_config type URL, as Envoy finds them (the `name` is only a label).
 Defaults are Envoy's: see the field comments in model/listener.py.  The inline route_config is
 translated by translate/rds.py; this module checks its cluster references (validate_clusters) when
@@ -11,24 +13,37 @@ the caller knows the cluster set, as Envoy does for inline route tables."""
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import json
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 
+from envoy.config.core.v3 import address_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
+from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from google.protobuf import json_format
 
+from sidecar.listener.chain_match import ChainTable, OverlappingMatch, compile_chains
 from sidecar.model.listener import (
+    ANY_MATCH,
     FilterChain,
+    FilterChainMatch,
     HeadersWithUnderscoresAction,
     HttpConnectionManager,
     HttpFilterConfig,
     Listener,
+    ListenerFilter,
+    ListenerFilterKind,
     NetworkFilter,
     ServerHeaderTransformation,
+    SourceType,
     TcpProxy,
     WeightedCluster,
 )
@@ -57,6 +72,11 @@ _LISTENER_HANDLED = (
     "per_connection_buffer_limit_bytes",
     "bind_to_port",
     "tcp_backlog_size",
+    "listener_filters",
+    "listener_filters_timeout",
+    "continue_on_listener_filters_timeout",
+    "transparent",
+    "freebind",
 )
 # Socket and scheduling tuning, drain hints and metadata: no behaviour a client could observe here.
 _LISTENER_IGNORED = (
@@ -70,8 +90,6 @@ _LISTENER_IGNORED = (
     "max_connections_to_accept_per_socket_event",
     "ignore_global_conn_limit",
     "bypass_overload_manager",
-    "listener_filters_timeout",
-    "continue_on_listener_filters_timeout",
 )
 
 
@@ -80,8 +98,6 @@ def translate_listener(
 ) -> Listener:
     """Translate one listener.  With `clusters`, inline route tables must name only those clusters
     (RouteConfiguration.validate_clusters, true by default for inline tables)."""
-    if pb.listener_filters:
-        raise ConfigError(f"{path}.listener_filters", "listener filters are not supported by sidecar yet")
     check_fields(pb, path, _LISTENER_HANDLED, _LISTENER_IGNORED)
     # Envoy names a nameless listener with a random UUID; ours derives from the config so that the
     # same listener keeps its name (and is not drained) when the same config is loaded again.
@@ -94,18 +110,20 @@ def translate_listener(
     if not pb.HasField("address"):
         raise ConfigError(f"{path}.address", f"error adding listener named '{name}': address is necessary")
     address = socket_address(pb.address, f"{path}.address", resolve=False)
-    if len(pb.filter_chains) > 1:
-        raise ConfigError(f"{path}.filter_chains", "filter chain matching is not supported by sidecar yet")
     if not pb.filter_chains and not pb.HasField("default_filter_chain"):
         raise ConfigError(
             f"{path}.filter_chains", f"error adding listener '{address}': no filter chains specified"
         )
     chains = tuple(
-        _filter_chain(fc, f"{path}.filter_chains[{i}]", clusters) for i, fc in enumerate(pb.filter_chains)
+        _filter_chain(fc, f"{path}.filter_chains[{i}]", clusters, str(address))
+        for i, fc in enumerate(pb.filter_chains)
     )
     default = None
     if pb.HasField("default_filter_chain"):
-        default = _filter_chain(pb.default_filter_chain, f"{path}.default_filter_chain", clusters)
+        default = _filter_chain(pb.default_filter_chain, f"{path}.default_filter_chain", clusters, str(address))
+        # The default chain's own filter_chain_match is ignored by Envoy (it is the fallback).
+        default = FilterChain(name=default.name, filters=default.filters)
+    table = _chain_table(pb, path, chains, default, str(address))
     return Listener(
         name=name,
         address=address,
@@ -117,11 +135,153 @@ def translate_listener(
         backlog=opt_uint(pb, "tcp_backlog_size", 1024),
         config_hash=config_hash(pb),
         stat_prefix=pb.stat_prefix,
+        listener_filters=_listener_filters(pb, f"{path}.listener_filters"),
+        listener_filters_timeout=opt_duration(pb, "listener_filters_timeout", 15.0),
+        continue_on_listener_filters_timeout=pb.continue_on_listener_filters_timeout,
+        transparent=bool_value(pb, "transparent", False),
+        freebind=bool_value(pb, "freebind", False),
+        chain_table=table,
+    )
+
+
+# -- listener filters and filter chain matching ----------------------------------------------------
+
+
+def _listener_filters(pb: listener_pb2.Listener, path: str) -> tuple[ListenerFilter, ...]:
+    """original_dst, tls_inspector and http_inspector, found by their typed_config type as Envoy
+    finds them; any other listener filter is refused."""
+    out = []
+    for i, lf in enumerate(pb.listener_filters):
+        fp = f"{path}[{i}]"
+        # filter_disabled (a matcher) and config_discovery (ECDS) are not implemented.
+        check_fields(lf, fp, handled=("name", "typed_config"))
+        if not lf.name:
+            raise ConfigError(f"{fp}.name", "value length must be at least 1 characters")
+        if not lf.HasField("typed_config"):
+            raise ConfigError(
+                f"{fp}.typed_config", f"Didn't find a registered implementation for '{lf.name}' with type URL: ''"
+            )
+        tp = f"{fp}.typed_config"
+        msg = typed_config(lf.typed_config, tp)
+        if isinstance(msg, original_dst_pb2.OriginalDst):
+            check_fields(msg, tp, handled=())
+            out.append(ListenerFilter(lf.name, ListenerFilterKind.ORIGINAL_DST))
+        elif isinstance(msg, http_inspector_pb2.HttpInspector):
+            check_fields(msg, tp, handled=())
+            out.append(ListenerFilter(lf.name, ListenerFilterKind.HTTP_INSPECTOR))
+        elif isinstance(msg, tls_inspector_pb2.TlsInspector):
+            # Fingerprints only feed access logs / metadata; the initial read size is a tuning knob.
+            check_fields(
+                msg,
+                tp,
+                handled=("max_client_hello_size", "close_connection_on_client_hello_parsing_errors"),
+                ignored=("enable_ja3_fingerprinting", "enable_ja4_fingerprinting", "initial_read_buffer_size"),
+            )
+            size = opt_uint(msg, "max_client_hello_size", 16384)
+            if not 255 < size <= 16384:
+                raise ConfigError(f"{tp}.max_client_hello_size", "value must be inside range (255, 16384]")
+            out.append(
+                ListenerFilter(
+                    lf.name,
+                    ListenerFilterKind.TLS_INSPECTOR,
+                    max_client_hello_size=size,
+                    close_on_parse_error=msg.close_connection_on_client_hello_parsing_errors,
+                )
+            )
+        else:
+            raise ConfigError(
+                tp,
+                f"listener filter '{lf.name}' of type '{msg.DESCRIPTOR.full_name}' is not supported by sidecar yet",
+            )
+    return tuple(out)
+
+
+def _chain_table(
+    pb: listener_pb2.Listener,
+    path: str,
+    chains: tuple[FilterChain, ...],
+    default: FilterChain | None,
+    address: str,
+) -> ChainTable:
+    """Envoy's two checks, in its order: a FilterChainMatch equal to an earlier one (compared as
+    messages), then two chains reaching the same leaf of the match tree (chain_match.compile_chains)."""
+    seen: dict[bytes, str] = {}
+    for i, fc in enumerate(pb.filter_chains):
+        key = fc.filter_chain_match.SerializeToString(deterministic=True)
+        if key in seen:
+            as_json = json.dumps(
+                json_format.MessageToDict(fc.filter_chain_match, preserving_proto_field_name=True),
+                separators=(",", ":"),
+            )
+            raise ConfigError(
+                f"{path}.filter_chains[{i}].filter_chain_match",
+                f"error adding listener '{address}': filter chain '{fc.name}' has the same matching rules "
+                f"defined as '{seen[key]}'. duplicate matcher is: {as_json}",
+            )
+        seen[key] = fc.name
+    try:
+        return compile_chains(chains, default, address)
+    except OverlappingMatch as e:
+        raise ConfigError(f"{path}.filter_chains[{e.index}].filter_chain_match", e.reason) from None
+
+
+def _cidrs(ranges: Iterable[address_pb2.CidrRange], path: str) -> tuple[str, ...]:
+    """CidrRange list -> canonical "net/len" strings.  A prefix_len beyond the family's width is
+    taken as the full width (envoy 1.40 accepts 10.0.0.0/33)."""
+    out = []
+    for i, r in enumerate(ranges):
+        rp = f"{path}[{i}]"
+        check_fields(r, rp, handled=("address_prefix", "prefix_len"))
+        try:
+            ip = ipaddress.ip_address(r.address_prefix)
+        except ValueError:
+            raise ConfigError(f"{rp}.address_prefix", f"malformed IP address: {r.address_prefix}") from None
+        length = opt_uint(r, "prefix_len", 0)
+        if length > 128:
+            raise ConfigError(f"{rp}.prefix_len", "value must be less than or equal to 128")
+        length = min(length, ip.max_prefixlen)
+        out.append(str(ipaddress.ip_network(f"{ip}/{length}", strict=False)))
+    return tuple(out)
+
+
+def _chain_match(fc: listener_components_pb2.FilterChain, path: str, address: str) -> FilterChainMatch:
+    if not fc.HasField("filter_chain_match"):
+        return ANY_MATCH
+    m = fc.filter_chain_match
+    mp = f"{path}.filter_chain_match"
+    if m.address_suffix or m.HasField("suffix_len"):
+        raise ConfigError(
+            mp, f"error adding listener '{address}': filter chain '{fc.name}' contains unimplemented fields"
+        )
+    port = opt_uint(m, "destination_port", 0)
+    if m.HasField("destination_port") and not 1 <= port <= 65535:
+        raise ConfigError(f"{mp}.destination_port", "value must be inside range [1, 65535]")
+    for i, p in enumerate(m.source_ports):
+        if not 1 <= p <= 65535:
+            raise ConfigError(f"{mp}.source_ports[{i}]", "value must be inside range [1, 65535]")
+    names = []
+    for name in m.server_names:
+        if "*" in name and not name.startswith("*."):
+            raise ConfigError(
+                f"{mp}.server_names",
+                f"error adding listener '{address}': partial wildcards are not supported in \"server_names\"",
+            )
+        names.append(name.lower())
+    return FilterChainMatch(
+        destination_port=port,
+        prefix_ranges=_cidrs(m.prefix_ranges, f"{mp}.prefix_ranges"),
+        server_names=tuple(names),
+        transport_protocol=m.transport_protocol,
+        application_protocols=tuple(m.application_protocols),
+        direct_source_prefix_ranges=_cidrs(m.direct_source_prefix_ranges, f"{mp}.direct_source_prefix_ranges"),
+        source_type=SourceType[enum_name(m, "source_type", mp)],
+        source_prefix_ranges=_cidrs(m.source_prefix_ranges, f"{mp}.source_prefix_ranges"),
+        source_ports=tuple(m.source_ports),
     )
 
 
 def _filter_chain(
-    fc: listener_components_pb2.FilterChain, path: str, clusters: Collection[str] | None
+    fc: listener_components_pb2.FilterChain, path: str, clusters: Collection[str] | None, address: str = ""
 ) -> FilterChain:
     check_fields(
         fc,
@@ -129,11 +289,7 @@ def _filter_chain(
         handled=("filters", "name", "filter_chain_match"),
         ignored=("metadata", "transport_socket_connect_timeout"),
     )
-    # An empty filter_chain_match matches every connection: the same as none.
-    if fc.HasField("filter_chain_match") and fc.filter_chain_match.ListFields():
-        raise ConfigError(
-            f"{path}.filter_chain_match", "filter chain matching is not supported by sidecar yet"
-        )
+    match = _chain_match(fc, path, address)
     filters: list[NetworkFilter] = []
     last = len(fc.filters) - 1
     for i, f in enumerate(fc.filters):
@@ -147,7 +303,7 @@ def _filter_chain(
                 "must be the last filter in a network filter chain.",
             )
     # An empty list is valid in Envoy: such a chain closes every connection it gets.
-    return FilterChain(name=fc.name, filters=tuple(filters))
+    return FilterChain(name=fc.name, filters=tuple(filters), match=match)
 
 
 def _network_filter(

@@ -3,26 +3,36 @@
 Config (model.cluster.Cluster) is immutable and swapped by reference; the state here is kept across
 config versions while a cluster's `config_hash` is unchanged (ARCHITECTURE.md section 2), so pools
 and counters survive an update that does not touch them.  DNS clusters are resolved here, off the
-request path, on a timer (dns_refresh_rate)."""
+request path, on a timer (dns_refresh_rate).  Host health combines EDS health_status, active health
+checks (upstream/health_check_runner.py) and outlier ejections as Envoy's host flags do; each change
+rebuilds the cluster's Balancer (upstream/balancer.py: priority, locality, lb_policy), never a pick."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import random
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from sidecar.model.cluster import Cluster, DiscoveryType, DnsLookupFamily, LbPolicy
 from sidecar.model.endpoint import Endpoint, SocketAddress
 from sidecar.observe.stats import Stats
+from sidecar.upstream.balancer import Balancer
 from sidecar.upstream.circuit_breaker import Breaker
-from sidecar.upstream.lb.least_request import LeastRequest
-from sidecar.upstream.lb.maglev import Maglev
-from sidecar.upstream.lb.random import WeightedRandom
-from sidecar.upstream.lb.ring_hash import RingHash, host_key
-from sidecar.upstream.lb.round_robin import RoundRobin
+from sidecar.upstream.health_check import (
+    HC_COUNTERS,
+    HC_GAUGES,
+    HealthChecker,
+    HealthCheckStats,
+    HostHealth,
+    Transition,
+)
+from sidecar.upstream.health_check_runner import HealthCheckRunner
+from sidecar.upstream.lb.priority import DEGRADED, EXCLUDED, HEALTHY, UNHEALTHY
+from sidecar.upstream.original_dst import OriginalDstHosts
 from sidecar.upstream.outlier import OUTLIER_COUNTERS, OUTLIER_GAUGES, OutlierDetector
 from sidecar.upstream.pools.http1 import Http1Pool
 
@@ -43,6 +53,7 @@ _CLUSTER_COUNTERS = (
     "upstream_cx_total",
     "upstream_cx_tx_bytes_total",
     "lb_healthy_panic",
+    "membership_change",
     "upstream_rq_completed",
     "upstream_cx_overflow",
     "upstream_rq_pending_overflow",
@@ -55,7 +66,14 @@ _CLUSTER_COUNTERS = (
     "upstream_rq_total",
     "upstream_rq_tx_reset",
 )
-_CLUSTER_GAUGES = ("membership_healthy", "membership_total", "upstream_cx_active", "upstream_rq_active")
+_CLUSTER_GAUGES = (
+    "membership_degraded",
+    "membership_excluded",
+    "membership_healthy",
+    "membership_total",
+    "upstream_cx_active",
+    "upstream_rq_active",
+)
 
 
 class ClusterStats:
@@ -76,6 +94,7 @@ class ClusterStats:
     upstream_cx_total: int
     upstream_cx_tx_bytes_total: int
     lb_healthy_panic: int
+    membership_change: int
     upstream_rq_completed: int
     upstream_cx_overflow: int
     upstream_rq_pending_overflow: int
@@ -87,6 +106,8 @@ class ClusterStats:
     upstream_rq_timeout: int
     upstream_rq_total: int
     upstream_rq_tx_reset: int
+    membership_degraded: int
+    membership_excluded: int
     membership_healthy: int
     membership_total: int
     upstream_cx_active: int
@@ -131,6 +152,7 @@ class Host:
         "cx_active",
         "cx_connect_fail",
         "endpoint",
+        "hc",
         "healthy",
         "hostname",
         "pool",
@@ -139,6 +161,7 @@ class Host:
         "rq_success",
         "rq_timeout",
         "rq_total",
+        "state",
         "weight",
     )
 
@@ -149,19 +172,47 @@ class Host:
         self.weight = endpoint.weight
         self.hostname = endpoint.hostname
         self.healthy = endpoint.healthy
+        # Active health-check state (None: the cluster has no health check, or the endpoint opted
+        # out with disable_active_health_check) and the coarse state the balancer last saw
+        # (lb/priority.py: HEALTHY, DEGRADED, UNHEALTHY, EXCLUDED).
+        self.hc: HostHealth | None = None
+        self.state = HEALTHY
         # Per-host numbers for /clusters (this worker's): plain ints.
         self.cx_active = self.cx_connect_fail = self.rq_active = self.rq_error = 0
         self.rq_success = self.rq_timeout = self.rq_total = 0
         self.pool = Http1Pool(self, loop)
 
-
-_Lb = RoundRobin | WeightedRandom | LeastRequest | RingHash | Maglev
+    def health_flags(self) -> tuple[str, ...]:
+        """Envoy's /clusters health_flags names for this host, in Envoy's order (HostUtility)."""
+        hc = self.hc
+        d = self.cluster.detector
+        status = self.endpoint.health_status
+        out = []
+        if hc is not None and hc.failed:
+            out.append("failed_active_hc")
+        if d is not None and d.ejected(self.address):
+            out.append("failed_outlier_check")
+        if status in ("UNHEALTHY", "TIMEOUT"):
+            out.append("failed_eds_health")
+        if hc is not None and hc.degraded:
+            out.append("degraded_active_hc")
+        if status == "DEGRADED":
+            out.append("degraded_eds_health")
+        if hc is not None and hc.pending:
+            out.append("pending_active_hc")
+        if hc is not None and hc.excluded:
+            out.append("excluded_via_immediate_hc_fail")
+        if hc is not None and hc.timeout:
+            out.append("active_hc_timeout")
+        if status == "DRAINING":
+            out.append("eds_status_draining")
+        return tuple(out)
 
 
 class ClusterState:
     __slots__ = (
-        "_lb",
-        "_lb_for",
+        "_hc",
+        "_hc_hosts",
         "_merge_timer",
         "_merged_at",
         "_od_next",
@@ -169,16 +220,21 @@ class ClusterState:
         "_rand",
         "_rand64",
         "_registry",
+        "balancer",
         "breaker",
         "config",
         "detector",
         "hashing",
+        "hc_checker",
         "healthy_hosts",
         "hosts",
         "loop",
         "name",
+        "original_dst",
         "panic",
+        "pick",
         "stats",
+        "warming",
     )
 
     def __init__(self, config: Cluster, stats: Stats, loop: asyncio.AbstractEventLoop) -> None:
@@ -189,10 +245,26 @@ class ClusterState:
         # circuit_breakers for this cluster in this worker (Envoy shares them across workers).
         self.breaker = Breaker(config.circuit_breakers)
         self.hosts: tuple[Host, ...] = ()
-        # The hosts the balancer indexes: the healthy, non-ejected ones, or every host in panic mode.
+        # The healthy hosts (every priority), and whether some priority is in panic mode.
         self.healthy_hosts: tuple[Host, ...] = ()
         self.panic = False
-        self._lb: _Lb | None = None
+        self.balancer: Balancer | None = None
+        # pick(hash_key=None) -> Host | None: the host for the next request, or None (503 `no
+        # healthy upstream`): priority, locality, then the lb_policy (upstream/balancer.py).
+        # `hash_key` is the request's hash for RING_HASH / MAGLEV.  The current balancer's bound
+        # method itself, re-pointed at each rebuild: the request path makes one call.
+        self.pick: Callable[..., Host | None] = _no_host
+        # Active health checking: the pure checker (its stats are health_check.*), the runner
+        # probing the hosts once start_health_checks() ran, the checked hosts by session key, and
+        # `warming` until every host had its first result (Envoy's cluster initialization).
+        self.hc_checker: HealthChecker | None = None
+        self._hc: HealthCheckRunner | None = None
+        self._hc_hosts: dict[object, Host] = {}
+        self.warming = False
+        if config.health_checks:
+            self.hc_checker = HealthChecker(config.health_checks[0], HealthCheckStats())
+            stats.block(self.hc_checker.stats, f"cluster.{config.name}.health_check.", HC_COUNTERS, HC_GAUGES)
+            self.warming = True
         # outlier_detection: the pure detector keyed by host address (its state survives endpoint
         # refreshes), ticked every `interval` by a timer armed at the first reported result.
         self._registry = stats
@@ -211,19 +283,23 @@ class ClusterState:
                 OUTLIER_COUNTERS,
                 OUTLIER_GAUGES,
             )
-        # The (address, weight) list the balancer was built for: a DNS refresh that changes nothing
-        # keeps it (a Maglev table costs tens of ms to build; a cursor keeps its place).
-        self._lb_for: tuple[tuple[SocketAddress, int], ...] | None = None
         self._rand = random.Random()
         self._rand64 = functools.partial(self._rand.getrandbits, 64)
         # True for RING_HASH / MAGLEV: the router computes the route's hash_policy only then.
         self.hashing = config.lb_policy in (LbPolicy.RING_HASH, LbPolicy.MAGLEV)
         if config.type is DiscoveryType.STATIC:
             self.set_endpoints(config.endpoints)
+        # type ORIGINAL_DST: hosts made per destination on demand (upstream/original_dst.py); the
+        # balancer stays None, so pick() has nothing to give without a destination.
+        self.original_dst = (
+            OriginalDstHosts(self, config.original_dst, stats, loop) if config.original_dst is not None else None
+        )
 
     def set_endpoints(self, endpoints: Iterable[Endpoint]) -> None:
-        """Replace the host set, keeping the pools of hosts whose address is unchanged."""
+        """Replace the host set, keeping the pools (and health-check state) of hosts whose address
+        is unchanged."""
         old = {h.address: h for h in self.hosts}
+        checker = self.hc_checker
         hosts = []
         for ep in endpoints:
             h = old.pop(ep.address, None)
@@ -232,31 +308,111 @@ class ClusterState:
                 if h is not None:
                     nh.pool = h.pool
                     nh.pool.host = nh
+                    if _hc_key(h.endpoint) == _hc_key(ep):
+                        nh.hc = h.hc
+                    elif h.hc is not None and checker is not None:
+                        checker.forget(h.hc)
                 h = nh
+            if checker is not None and h.hc is None and not h.endpoint.disable_active_health_check:
+                # Envoy marks a checked cluster's hosts failed until their first check; hosts that
+                # a DNS refresh adds are also excluded then with ignore_new_hosts_until_first_hc.
+                pending = (
+                    self.config.ignore_new_hosts_until_first_hc
+                    and self.config.type is not DiscoveryType.STATIC
+                )
+                h.hc = checker.new_host(pending)
             hosts.append(h)
         for gone in old.values():
             gone.pool.close()
+            if gone.hc is not None and checker is not None:
+                checker.forget(gone.hc)
+        before = _membership(self.hosts)
         self.hosts = tuple(hosts)
+        after = _membership(self.hosts)
+        # membership_change: once per priority whose host set changed.
+        self.stats.membership_change += sum(
+            1 for p in before.keys() | after.keys() if before.get(p) != after.get(p)
+        )
         if self.detector is not None:
             self.detector.set_hosts(h.address for h in hosts)
+        if checker is not None:
+            self._hc_hosts = {_hc_key(h.endpoint): h for h in hosts if h.hc is not None}
+            if self._hc is not None:
+                self._sync_health_checks()
         self._rebuild()
 
     def _rebuild(self) -> None:
-        """healthy_hosts and the balancer from host health and outlier ejections.  Envoy's panic
-        mode: when the healthy share, scaled by the default overprovisioning factor 1.4, is below
-        common_lb_config.healthy_panic_threshold (50 %), balance over all hosts (lb_healthy_panic)."""
+        """Host states (active health check, outlier ejection, EDS health_status, as Envoy's
+        coarseHealth and excluded hosts) and the balancer over them (upstream/balancer.py)."""
         hosts = self.hosts
         d = self.detector
-        healthy = tuple(h for h in hosts if h.healthy and (d is None or not d.ejected(h.address)))
-        self.stats.membership_total = len(hosts)
-        self.stats.membership_healthy = len(healthy)
-        threshold = self.config.healthy_panic_threshold
-        self.panic = bool(hosts) and threshold > 0 and 140.0 * len(healthy) / len(hosts) < threshold
-        self.healthy_hosts = hosts if self.panic else healthy
-        built_for = tuple((h.address, h.weight) for h in self.healthy_hosts)
-        if built_for != self._lb_for:
-            self._lb = self._build_lb(tuple(h.weight for h in self.healthy_hosts))
-            self._lb_for = built_for
+        states = []
+        n_healthy = n_degraded = n_excluded = 0
+        for h in hosts:
+            state = _host_state(h, d)
+            h.state = state
+            states.append(state)
+            n_healthy += state == HEALTHY
+            n_degraded += state == DEGRADED
+            n_excluded += state == EXCLUDED
+        st = self.stats
+        st.membership_total = len(hosts)
+        st.membership_healthy = n_healthy
+        st.membership_degraded = n_degraded
+        st.membership_excluded = n_excluded
+        self.healthy_hosts = tuple(h for h in hosts if h.state == HEALTHY)
+        self.balancer = Balancer(self.config, hosts, states, st, self._rand, self.balancer)
+        self.pick = self.balancer.pick
+        self.panic = any(self.balancer.plan.panic)
+
+    # -- active health checks ------------------------------------------------------------------------
+    def start_health_checks(self) -> asyncio.Future[None] | None:
+        """Start probing (on the running loop); the future is done once every host had its first
+        result.  None when the cluster has no health check."""
+        checker = self.hc_checker
+        if checker is None:
+            return None
+        if self._hc is None:
+            st = self.stats
+            self._hc = HealthCheckRunner(
+                self.name,
+                checker,
+                self.loop,
+                lambda: bool(
+                    st.upstream_cx_total or st.upstream_cx_tx_bytes_total or st.upstream_cx_rx_bytes_total
+                ),
+                self._on_health_check,
+            )
+            self._sync_health_checks()
+        first = self._hc.first_round()
+        first.add_done_callback(self._warmed)
+        return first
+
+    def _warmed(self, _: object) -> None:
+        if self.warming:
+            self.warming = False
+            self._rebuild()
+
+    def _sync_health_checks(self) -> None:
+        assert self._hc is not None
+        self._hc.sync({k: (h.endpoint, h.hc) for k, h in self._hc_hosts.items() if h.hc is not None})
+
+    def _on_health_check(self, key: object, healthy: bool, change: Transition) -> None:
+        """A probe's outcome.  A success also lifts an outlier ejection (Envoy's default
+        successful_active_health_check_uneject_host)."""
+        host = self._hc_hosts.get(key)
+        if host is None:
+            return
+        d = self.detector
+        if healthy and d is not None and d.ejected(host.address):
+            _uneject(d, host.address, self.loop.time())
+            change = Transition.CHANGED
+        if change is not Transition.CHANGED:
+            return
+        if self.warming:
+            self._rebuild()  # a warming cluster serves nothing yet: no merge window
+        else:
+            self._health_changed()
 
     def report(self, host: Host, status: int) -> None:
         """One attempt's result for outlier detection (an HTTP status or LOCAL_ORIGIN_FAILURE);
@@ -298,50 +454,18 @@ class ClusterState:
         self._od_next = max(self._od_next + d.cfg.interval, now + d.cfg.interval / 2)
         self._od_timer = self.loop.call_at(self._od_next, self._on_interval)
 
-    def _build_lb(self, weights: tuple[int, ...]) -> _Lb | None:
-        """The load balancer over healthy_hosts for the cluster's lb_policy (indices = positions)."""
-        if not weights:
-            return None
-        cfg = self.config
-        policy = cfg.lb_policy
-        if policy is LbPolicy.RANDOM:
-            return WeightedRandom(weights)
-        if policy is LbPolicy.LEAST_REQUEST:
-            bias = cfg.least_request_active_request_bias
-            return LeastRequest(
-                weights,
-                cfg.least_request_choice_count,
-                1.0 if bias is None else bias,
-                bias_configured=bias is not None,
-            )
-        if policy is LbPolicy.RING_HASH or policy is LbPolicy.MAGLEV:
-            keys = tuple(host_key(h.address.host, h.address.port) for h in self.healthy_hosts)
-            if policy is LbPolicy.MAGLEV:
-                return Maglev(keys, weights, cfg.maglev_table_size)
-            return RingHash(keys, weights, cfg.ring_hash_minimum_ring_size, cfg.ring_hash_maximum_ring_size)
-        return RoundRobin(weights, start=self._rand.randrange(len(weights)))
-
-    def pick(self, hash_key: int | None = None) -> Host | None:
-        """The host for the next request, or None when no host is healthy (503 `no healthy upstream`).
-        `hash_key` is the request's hash for RING_HASH / MAGLEV; without one Envoy hashes a random
-        64-bit value (ThreadAwareLoadBalancerBase), i.e. a random host weighted by ring share."""
-        lb = self._lb
-        if lb is None:
-            return None
-        if self.panic:
-            self.stats.lb_healthy_panic += 1
-        if type(lb) is RoundRobin:
-            return self.healthy_hosts[lb.pick()]
-        if type(lb) is LeastRequest:
-            return self.healthy_hosts[lb.pick(self.healthy_hosts, self._rand64)]
-        if type(lb) is WeightedRandom:
-            return self.healthy_hosts[lb.pick(self._rand.getrandbits(32))]
-        if hash_key is None:
-            hash_key = self._rand.getrandbits(64)
-        assert type(lb) is RingHash or type(lb) is Maglev
-        return self.healthy_hosts[lb.pick(hash_key)]
+    def stop_health_checks(self) -> None:
+        """End the probes (the cluster is closing, or a new config version replaced it)."""
+        if self._hc is not None:
+            self._hc.close()
+            self._hc = None
+        if self.hc_checker is not None:
+            self._registry.forget(self.hc_checker.stats)
 
     def close(self) -> None:
+        if self.original_dst is not None:
+            self.original_dst.close()
+        self.stop_health_checks()
         for h in self.hosts:
             h.pool.close()
         for timer in (self._od_timer, self._merge_timer):
@@ -350,6 +474,53 @@ class ClusterState:
         self._od_timer = self._merge_timer = None
         if self.detector is not None:
             self._registry.forget(self.detector.stats)
+
+
+def _no_host(hash_key: int | None = None) -> None:
+    return None
+
+
+def _host_state(h: Host, d: OutlierDetector | None) -> int:
+    """Envoy's coarse host health, with excluded hosts apart: EDS DRAINING, a host pending its first
+    check or excluded by x-envoy-immediate-health-check-fail is EXCLUDED; a failed active check, an
+    outlier ejection, EDS UNHEALTHY/TIMEOUT make it UNHEALTHY; active or EDS degraded, DEGRADED."""
+    status = h.endpoint.health_status
+    hc = h.hc
+    if status == "DRAINING" or (hc is not None and (hc.pending or hc.excluded)):
+        return EXCLUDED
+    if (
+        (hc is not None and hc.failed)
+        or status in ("UNHEALTHY", "TIMEOUT")
+        or (d is not None and d.ejected(h.address))
+    ):
+        return UNHEALTHY
+    if (hc is not None and hc.degraded) or status == "DEGRADED":
+        return DEGRADED
+    return HEALTHY
+
+
+def _hc_key(ep: Endpoint) -> tuple[SocketAddress, int, str]:
+    """What a health-check session probes: a change means a new session (Envoy: a new host)."""
+    return (ep.address, ep.health_check_port, ep.health_check_hostname)
+
+
+def _membership(hosts: tuple[Host, ...]) -> dict[int, frozenset[SocketAddress]]:
+    out: dict[int, set[SocketAddress]] = {}
+    for h in hosts:
+        out.setdefault(h.endpoint.priority, set()).add(h.address)
+    return {p: frozenset(a) for p, a in out.items()}
+
+
+def _uneject(d: OutlierDetector, address: SocketAddress, now: float) -> None:
+    """Lift an outlier ejection now (DetectorImpl::unejectHost after a passing active check): the
+    host's counters restart, as at a timed return."""
+    s = d.hosts.get(address)
+    if s is None or not s.is_ejected:
+        return
+    s.ejected_at = -1.0
+    s.unejected_at = now
+    s.consecutive_5xx = s.consecutive_gateway = s.consecutive_local = 0
+    d.stats.ejections_active -= 1
 
 
 def _family(f: DnsLookupFamily) -> int:
@@ -363,13 +534,14 @@ def _family(f: DnsLookupFamily) -> int:
 class ClusterManager:
     """All clusters of this worker.  `get(name)` is the router's one lookup per request."""
 
-    __slots__ = ("_dns_tasks", "clusters", "loop", "stats")
+    __slots__ = ("_dns_tasks", "_running", "clusters", "loop", "stats")
 
     def __init__(self, stats: Stats, loop: asyncio.AbstractEventLoop) -> None:
         self.stats = stats
         self.loop = loop
         self.clusters: dict[str, ClusterState] = {}
         self._dns_tasks: dict[str, asyncio.Task[None]] = {}
+        self._running = False  # initialize() ran: clusters added later start their health checks
 
     def get(self, name: str) -> ClusterState | None:
         return self.clusters.get(name)
@@ -384,14 +556,19 @@ class ClusterManager:
                 continue
             state = ClusterState(cfg, self.stats, self.loop)
             if cur is not None:
-                # Endpoints will be re-resolved; keep serving the old ones meanwhile.
-                if cfg.type is not DiscoveryType.STATIC:
+                # Endpoints will be re-resolved; keep serving the old ones meanwhile.  (An
+                # ORIGINAL_DST cluster's hosts are per destination, made again on demand.)
+                if cfg.type is not DiscoveryType.STATIC and cfg.original_dst is None:
                     state.set_endpoints(h.endpoint for h in cur.hosts)
+            if self._running:
+                state.start_health_checks()
             new[name] = state
         for name, old in self.clusters.items():
             if new.get(name) is not old:
                 if name not in new:
                     old.close()
+                else:
+                    old.stop_health_checks()  # its replacement probes now
                 task = self._dns_tasks.pop(name, None)
                 if task is not None:
                     task.cancel()
@@ -407,6 +584,19 @@ class ClusterManager:
                 waits.append(first)
         if waits:
             await asyncio.wait(waits, timeout=10.0)
+        # Active health checks: a cluster is ready once each host had its first check (Envoy's
+        # ClusterImplBase::onInitDone); a check ends within its timeout, so the wait is bounded.
+        self._running = True
+        checks: list[asyncio.Future[None]] = []
+        longest = 0.0
+        for state in self.clusters.values():
+            warmed = state.start_health_checks()
+            if warmed is not None:
+                checks.append(warmed)
+                hc = state.config.health_checks[0]
+                longest = max(longest, hc.timeout + hc.initial_jitter)
+        if checks:
+            await asyncio.wait(checks, timeout=longest + 1.0)
 
     async def resolve(self, state: ClusterState) -> list[Endpoint]:
         cfg = state.config
@@ -446,7 +636,9 @@ class ClusterManager:
                 ips = v6 or v4
             for ip in ips:
                 out.append(
-                    Endpoint(SocketAddress(ip, addr.port), ep.weight, ep.health_status, ep.hostname or addr.host, ep.priority)
+                    dataclasses.replace(
+                        ep, address=SocketAddress(ip, addr.port), hostname=ep.hostname or addr.host
+                    )
                 )
         if cfg.type is DiscoveryType.LOGICAL_DNS:
             out = out[:1]

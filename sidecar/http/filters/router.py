@@ -161,7 +161,13 @@ class Router(PassThrough):
             stream.local_reply(action.cluster_not_found_response_code, None)
             return STOP
         self.cluster = cluster
-        if cluster.hashing:
+        od = cluster.original_dst
+        if od is not None:
+            # ORIGINAL_DST (Passthrough/InboundPassthrough): the connection's original destination,
+            # or original_dst_lb_config.use_http_header's value when configured.
+            hdr = od.header
+            host = od.pick(getattr(stream.conn, "original_dst", None), head.get(hdr) if hdr is not None else None)
+        elif cluster.hashing:
             self.hash_key = self._hash_key(action, head)
             host = cluster.pick(self.hash_key)
         else:
@@ -540,7 +546,10 @@ class Router(PassThrough):
         self.retries_done += 1
         # A hashing cluster keeps the request's hash (Envoy retries on the same host unless a host
         # predicate rejects it; the re-picks below then go elsewhere).
-        host = cluster.pick(self.hash_key) if cluster.hashing else cluster.pick()
+        if cluster.original_dst is not None:
+            host = self.host  # the original destination is the only host there is
+        else:
+            host = cluster.pick(self.hash_key) if cluster.hashing else cluster.pick()
         tried = self.tried
         if tried is not None and host is not None:
             # retry_host_predicate previous_hosts: re-pick up to host_selection_retry_max_attempts.

@@ -34,7 +34,7 @@ class Maglev:
     __slots__ = ("_size", "table")
 
     def __init__(
-        self, keys: tuple[str, ...], weights: tuple[int, ...], table_size: int = DEFAULT_TABLE_SIZE
+        self, keys: tuple[str, ...], weights: tuple[float, ...], table_size: int = DEFAULT_TABLE_SIZE
     ) -> None:
         m = table_size
         self._size = m

@@ -40,7 +40,7 @@ class RingHash:
     def __init__(
         self,
         keys: tuple[str, ...],
-        weights: tuple[int, ...],
+        weights: tuple[float, ...],
         minimum_ring_size: int = DEFAULT_MIN_RING_SIZE,
         maximum_ring_size: int = DEFAULT_MAX_RING_SIZE,
     ) -> None:

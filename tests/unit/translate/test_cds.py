@@ -98,8 +98,17 @@ load_assignment:
     assert c.lb_policy is LbPolicy.RANDOM
     assert c.per_connection_buffer_limit_bytes == 32768
     assert c.endpoints == (
-        Endpoint(SocketAddress("10.0.0.1", 80), weight=5, health_status="HEALTHY", hostname="a.example"),
-        Endpoint(SocketAddress("::1", 81), weight=1, health_status="DRAINING"),
+        Endpoint(
+            SocketAddress("10.0.0.1", 80),
+            weight=5,
+            health_status="HEALTHY",
+            hostname="a.example",
+            locality=("r1", "z1", ""),
+            locality_weight=3,
+        ),
+        Endpoint(
+            SocketAddress("::1", 81), weight=1, health_status="DRAINING", locality=("r1", "z1", ""), locality_weight=3
+        ),
         Endpoint(SocketAddress("", 0, pipe="/run/backend.sock"), priority=1),
     )
     assert not c.endpoints[1].healthy
@@ -183,12 +192,17 @@ def test_static_cluster_without_load_assignment_is_empty() -> None:
     ("extra", "path", "reason"),
     [
         ({"type": "EDS"}, f"{P}.type", "EDS clusters are not supported by sidecar yet"),
-        ({"type": "ORIGINAL_DST"}, f"{P}.type", "ORIGINAL_DST clusters are not supported by sidecar yet"),
+        (
+            {"type": "ORIGINAL_DST"},
+            f"{P}.lb_policy",
+            "cluster: LB policy ROUND_ROBIN is not valid for Cluster type ORIGINAL_DST. "
+            "Only 'CLUSTER_PROVIDED' is allowed with cluster type 'ORIGINAL_DST'",
+        ),
         (
             {"lb_policy": "CLUSTER_PROVIDED"},
             f"{P}.lb_policy",
-            "CLUSTER_PROVIDED is not supported by sidecar yet "
-            "(ROUND_ROBIN, RANDOM, LEAST_REQUEST, RING_HASH and MAGLEV are)",
+            "cluster manager: cluster provided LB specified but cluster 'backend' did not provide one. "
+            "Check cluster documentation.",
         ),
         ({"lb_policy": 77}, f"{P}.lb_policy", "value must be one of the defined enum values, got 77"),
         ({"connect_timeout": "0s"}, f"{P}.connect_timeout", "value must be greater than 0s"),
@@ -230,9 +244,19 @@ def test_static_cluster_without_load_assignment_is_empty() -> None:
             "outlier detector's max_ejection_time cannot be smaller than base_ejection_time",
         ),
         (
-            {"health_checks": [{"timeout": "1s", "interval": "1s", "tcp_health_check": {}}]},
-            f"{P}.health_checks",
-            "field is not supported by sidecar yet",
+            {
+                "health_checks": [
+                    {
+                        "timeout": "1s",
+                        "interval": "1s",
+                        "unhealthy_threshold": 1,
+                        "healthy_threshold": 1,
+                        "grpc_health_check": {},
+                    }
+                ]
+            },
+            f"{P}.health_checks[0].grpc_health_check",
+            "grpc_health_check is not supported by sidecar yet (HTTP and TCP checks are)",
         ),
         (
             {
@@ -247,8 +271,8 @@ def test_static_cluster_without_load_assignment_is_empty() -> None:
             "field is not supported by sidecar yet",
         ),
         (
-            {"common_lb_config": {"healthy_panic_threshold": {"value": 10}}},
-            f"{P}.common_lb_config.healthy_panic_threshold",
+            {"common_lb_config": {"consistent_hashing_lb_config": {"use_hostname_for_hashing": True}}},
+            f"{P}.common_lb_config.consistent_hashing_lb_config",
             "field is not supported by sidecar yet",
         ),
         (

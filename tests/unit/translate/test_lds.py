@@ -364,8 +364,8 @@ TP = f"{P}.filter_chains[0].filters[0]"
     [
         (
             listener(listener_filters=[{"name": "envoy.filters.listener.tls_inspector"}]),
-            f"{P}.listener_filters",
-            "listener filters are not supported by sidecar yet",
+            f"{P}.listener_filters[0].typed_config",
+            "Didn't find a registered implementation for 'envoy.filters.listener.tls_inspector' with type URL: ''",
         ),
         (
             listener(address={"socket_address": {"address": "localhost", "port_value": 1}}),
@@ -396,13 +396,14 @@ TP = f"{P}.filter_chains[0].filters[0]"
         ),
         (
             listener(filter_chains=[{"filters": []}, {"filters": []}]),
-            f"{P}.filter_chains",
-            "filter chain matching is not supported by sidecar yet",
+            f"{P}.filter_chains[1].filter_chain_match",
+            "error adding listener '0.0.0.0:10000': filter chain '' has the same matching rules defined as ''. "
+            "duplicate matcher is: {}",
         ),
         (
-            listener(filter_chains=[{"filter_chain_match": {"destination_port": 80}}]),
-            f"{P}.filter_chains[0].filter_chain_match",
-            "filter chain matching is not supported by sidecar yet",
+            listener(filter_chains=[{"filter_chain_match": {"server_names": ["a*.com"]}}]),
+            f"{P}.filter_chains[0].filter_chain_match.server_names",
+            "error adding listener '0.0.0.0:10000': partial wildcards are not supported in \"server_names\"",
         ),
         (
             listener(
@@ -421,7 +422,7 @@ TP = f"{P}.filter_chains[0].filters[0]"
             "field is not supported by sidecar yet",
         ),
         (listener(access_log=[{"name": "x"}]), f"{P}.access_log", "field is not supported by sidecar yet"),
-        (listener(transparent=True), f"{P}.transparent", "field is not supported by sidecar yet"),
+        (listener(enable_mptcp=True), f"{P}.enable_mptcp", "field is not supported by sidecar yet"),
         (
             listener({"@type": "type.googleapis.com/envoy.extensions.filters.network.echo.v3.Echo"}),
             f"{TP}.typed_config",

@@ -230,9 +230,9 @@ def test_cluster_state_hash_pick_is_sticky_and_matches_the_core() -> None:
     # No hash: a random host, both show up.
     assert {state.pick().address.port for _ in range(200)} == {8001, 8002}
     # Re-applying the same endpoints keeps the balancer.
-    lb = state._lb
+    lb = state.balancer.picker(0)
     state.set_endpoints(h.endpoint for h in state.hosts)
-    assert state._lb is lb
+    assert state.balancer.picker(0) is lb
 
 
 def test_cluster_state_least_request_and_maglev() -> None:
