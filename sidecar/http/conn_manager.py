@@ -1,10 +1,13 @@
 """The HTTP connection manager: what happens to one request between the codec and the router.
 
 `HcmRuntime` is built once per listener config per worker (route table, filter factories, stats
-handles, canned bytes); a connection keeps the runtime it was accepted with (Envoy's snapped route
-config).  `Stream` is one request/response exchange: it runs the decoder filters, owns the response
-framing (date, server, connection, content-length vs chunked) and tells the connection when it is
-done.  Local replies come from http/local_reply.py; this module only decides when."""
+handles, canned bytes, and the flags that keep unconfigured features off the request path); a
+connection keeps the runtime it was accepted with (Envoy's snapped route config).  `Stream` is one
+request/response exchange: it runs the decoder filters, applies its route's stream timers
+(idle_timeout, max_stream_duration), owns the response framing (date, server, connection,
+content-length vs chunked) and tells the connection when it is done.  Local replies come from
+http/local_reply.py; this module only decides when, and turns them into gRPC ones for gRPC
+requests (HTTP 200, grpc-status, grpc-message) as Envoy's sendLocalReply does."""
 
 from __future__ import annotations
 
@@ -12,16 +15,21 @@ from typing import TYPE_CHECKING, Any
 
 from sidecar.http import date, local_reply
 from sidecar.http.codec_h1 import HOP_BY_HOP_RESPONSE, LAST_CHUNK, encode_chunk, encode_response_head
-from sidecar.http.edge import append_via, mutate_request_headers
+from sidecar.http.edge import (
+    InternalAddresses,
+    append_via,
+    mutate_request_headers,
+    mutate_request_headers_trusting,
+)
 from sidecar.http.events import Headers, RequestHead
 from sidecar.http.filters.base import STOP
-from sidecar.http.timeouts import Timeouts
+from sidecar.http.timeouts import Timeouts, format_grpc_timeout, grpc_timeout_ms, ms, stream_duration_ms
 from sidecar.model.listener import (
     HeadersWithUnderscoresAction,
     HttpConnectionManager,
     ServerHeaderTransformation,
 )
-from sidecar.model.route import Route, VirtualHost
+from sidecar.model.route import Route, RouteAction, VirtualHost
 from sidecar.observe.stats import Stats
 
 if TYPE_CHECKING:
@@ -31,6 +39,38 @@ if TYPE_CHECKING:
 def _weights_mutate(route: Route) -> bool:
     ws = getattr(route.action, "weighted_clusters", ())
     return any(not w.mutations.empty for w in ws)
+
+
+def _route_actions(cfg: HttpConnectionManager) -> list[RouteAction]:
+    return [r.action for vh in cfg.route_config.virtual_hosts for r in vh.routes if isinstance(r.action, RouteAction)]
+
+
+def _respects_expected_timeout(cfg: HttpConnectionManager) -> bool:
+    """The router filter's respect_expected_rq_timeout (envoy.extensions.filters.http.router.v3)."""
+    for f in cfg.http_filters:
+        if f.type_url.endswith("envoy.extensions.filters.http.router.v3.Router"):
+            return bool(getattr(f.config, "respect_expected_rq_timeout", False))
+    return False
+
+
+def _grpc_content_type(ct: bytes) -> bool:
+    """Grpc::Common::hasGrpcContentType: application/grpc, or application/grpc+... (not grpc-web)."""
+    return ct.startswith(b"application/grpc") and (len(ct) == 16 or ct[16] in b"+;")
+
+
+def _is_grpc(head: RequestHead) -> bool:
+    ct = head.get(b"content-type")
+    return ct is not None and _grpc_content_type(ct)
+
+
+_PCT_SAFE = frozenset(range(0x20, 0x7F)) - {ord("%")}
+
+
+def _grpc_message(body: bytes) -> bytes:
+    """Http::Utility::PercentEncoding::encode for grpc-message (RFC-free: gRPC's own rule)."""
+    if all(c in _PCT_SAFE for c in body):
+        return body
+    return b"".join(bytes((c,)) if c in _PCT_SAFE else b"%%%02X" % c for c in body)
 
 
 _HCM_COUNTERS = (
@@ -47,6 +87,7 @@ _HCM_COUNTERS = (
     "downstream_rq_completed",
     "downstream_rq_http1_total",
     "downstream_rq_idle_timeout",
+    "downstream_rq_max_duration_reached",
     "downstream_rq_rx_reset",
     "downstream_rq_timeout",
     "downstream_rq_too_large",
@@ -63,6 +104,7 @@ _HCM_GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream
 
 
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+_EMPTY_LENGTH_END = b"content-length: 0\r\n\r\n"
 # Response headers the connection manager must notice (send_upstream_head).
 _RESPONSE_SPECIAL = HOP_BY_HOP_RESPONSE | {b"date", b"server", b"content-length"}
 
@@ -84,6 +126,7 @@ class HcmStats:
     downstream_rq_completed: int
     downstream_rq_http1_total: int
     downstream_rq_idle_timeout: int
+    downstream_rq_max_duration_reached: int
     downstream_rq_rx_reset: int
     downstream_rq_timeout: int
     downstream_rq_too_large: int
@@ -128,16 +171,25 @@ class HcmRuntime:
         "cluster_manager",
         "filter_factories",
         "has_mutations",
+        "hcm_duration_ms",
+        "internal_only",
         "loop",
         "max_header_bytes",
         "max_headers_count",
+        "respect_expected",
+        "rid_response",
         "route_config",
+        "route_duration",
+        "route_idle",
+        "route_timers",
         "server",
         "server_mode",
         "stats",
         "stream_timers",
         "table",
         "timeouts",
+        "trust",
+        "trusting",
         "underscores",
         "via",
     )
@@ -169,12 +221,28 @@ class HcmRuntime:
         self.buffer_limit = buffer_limit
         self.timeouts = timeouts if timeouts is not None else Timeouts(loop)
         self.via = cfg.via.encode()
+        actions = _route_actions(cfg)
+        # Routes that replace the stream idle timer or the stream duration timer for their requests.
+        self.route_idle = any(a.idle_timeout is not None for a in actions)
+        self.route_duration = any(a.max_stream_duration is not None for a in actions)
+        self.route_timers = self.route_idle or self.route_duration
+        self.hcm_duration_ms = ms(cfg.max_stream_duration)
         self.stream_timers = (
             cfg.request_headers_timeout > 0
             or cfg.request_timeout > 0
             or cfg.stream_idle_timeout > 0
             or cfg.max_stream_duration > 0
+            or self.route_timers
         )
+        # internal_address_config (read with getattr until model/listener.py has the field): None
+        # means no request is internal, and the edge keeps its all-external fast path.
+        internal = getattr(cfg, "internal_address_config", None)
+        self.trust = InternalAddresses(internal) if internal is not None else None
+        self.internal_only = cfg.route_config.internal_only_headers
+        self.trusting = self.trust is not None or bool(self.internal_only)
+        self.respect_expected = _respects_expected_timeout(cfg)
+        # Whether a response may carry x-request-id (see Stream._rid_in_response).
+        self.rid_response = cfg.always_set_request_id_in_response or self.trust is not None
         rc = cfg.route_config
         # Skip header-mutation work entirely when no level of this route config has any.
         self.has_mutations = not rc.mutations.empty or any(
@@ -198,6 +266,7 @@ class Stream:
         "head",
         "head_only",
         "host_missing",
+        "internal",
         "pending",
         "refuse",
         "req_done",
@@ -267,12 +336,21 @@ class Stream:
             # body as Envoy does (fragment in the target: 400; upgrade without upgrade_configs: 403).
             self.local_reply(self.refuse, None, close=True)
             return
-        self.request_id = mutate_request_headers(head, cfg, self.conn.peer_ip)
+        if rt.trusting:
+            # internal_address_config or internal_only_headers: the slower, general edge.  `internal`
+            # is set only here (other streams never read it).
+            self.request_id, self.internal = mutate_request_headers_trusting(
+                head, cfg, self.conn.peer_ip, rt.trust, rt.internal_only
+            )
+        else:
+            self.request_id = mutate_request_headers(head, cfg, self.conn.peer_ip)
         table = rt.table
         path = head.path
         sel = table.select(head.authority.decode("latin-1"), path.decode("latin-1"), head) if table else None
         if sel is not None:
             self.vhost, self.route = sel
+            if rt.route_timers:
+                self._route_timers(sel[1])
         ff = rt.filter_factories
         filters = self.filters = (ff[0](),) if len(ff) == 1 else tuple([f() for f in ff])
         # A request without a body is complete at its head (llhttp reports the end right after).
@@ -286,6 +364,39 @@ class Stream:
             last = len(pending) - 1
             for i, chunk in enumerate(pending):
                 self._decode_body(chunk, self.req_done and i == last)
+
+    def _route_timers(self, route: Route) -> None:
+        """The route's idle_timeout and max_stream_duration replace the connection manager's timers
+        for this stream (Envoy's refreshIdleTimeout and refreshDurationTimeout at route selection)."""
+        action = route.action
+        timers = self.conn.timers
+        if not isinstance(action, RouteAction) or not action.stream_timers or timers is None:
+            return
+        if action.idle_timeout is not None:
+            timers.route_idle(self, action.idle_timeout)
+        msd = action.max_stream_duration
+        if msd is None:
+            return
+        # One pass for both headers (Istio gives every route a max_stream_duration).
+        head = self.head
+        grpc_timeout = content_type = None
+        for k, v in head.headers:
+            if k == b"grpc-timeout":
+                grpc_timeout = v if grpc_timeout is None else grpc_timeout + b"," + v
+            elif k == b"content-type" and content_type is None:
+                content_type = v
+        hcm_ms = self.rt.hcm_duration_ms
+        duration = stream_duration_ms(msd, hcm_ms, grpc_timeout_ms(grpc_timeout) if grpc_timeout else None)
+        if content_type is not None and _grpc_content_type(content_type):
+            # A gRPC request tells its upstream the deadline it gets (before the time used so far).
+            if duration is not None:
+                head.set(b"grpc-timeout", format_grpc_timeout(duration))
+            elif hcm_ms and grpc_timeout is not None:
+                head.remove(b"grpc-timeout")  # an armed duration timer switched off by the route
+        if duration is None and not hcm_ms:
+            return  # no timer either way
+        start = self.conn.msg_begin or self.rt.loop.time()
+        timers.route_duration(self, None if duration is None else start + duration / 1000)
 
     def on_body(self, chunk: bytes) -> None:
         if not self.started:
@@ -348,7 +459,7 @@ class Stream:
                 headers.append((b"server", rt.server))
         elif mode is ServerHeaderTransformation.APPEND_IF_ABSENT and server_at < 0:
             headers.append((b"server", rt.server))
-        if rt.cfg.always_set_request_id_in_response and self.request_id:
+        if rt.rid_response and self.request_id and self._rid_in_response():
             headers.append((b"x-request-id", self.request_id))
         conn = self.conn
         if conn.draining:
@@ -424,16 +535,38 @@ class Stream:
         """%RESPONSE_FLAGS% as Envoy prints it: comma-separated short codes, or "-"."""
         return ",".join(self.flags) if self.flags else "-"
 
+    def _rid_in_response(self) -> bool:
+        """x-request-id goes back with the response: always_set_request_id_in_response, or an
+        internal request asking for a trace (mutateResponseHeaders: x-envoy-force-trace)."""
+        if self.rt.cfg.always_set_request_id_in_response:
+            return True
+        return getattr(self, "internal", False) and self.head.get(b"x-envoy-force-trace") is not None
+
     def local_reply(
-        self, status: int, body: bytes | None, extra: Headers | None = None, close: bool = False
+        self,
+        status: int,
+        body: bytes | None,
+        extra: Headers | None = None,
+        close: bool = False,
+        grpc_status: int | None = None,
     ) -> None:
-        """Answer from the proxy itself (Envoy's sendLocalReply); ends the filter chain."""
+        """Answer from the proxy itself (Envoy's sendLocalReply); ends the filter chain.  A gRPC
+        request gets it as gRPC: HTTP 200, grpc-status (`grpc_status`, else the HTTP status mapped)
+        and the body as grpc-message."""
         if self.resp_started:
             # Too late for a reply: reset the downstream (Envoy resets the stream).
             self.rt.stats.downstream_rq_tx_reset += 1
             self.conn.abort()
             self._response_complete()
             return
+        if _is_grpc(self.head) and not any(k == b"grpc-status" for k, _ in extra or ()):
+            from sidecar.http.filters.fault import grpc_status_for_http  # Grpc::Utility::httpToGrpcStatus
+
+            code = grpc_status if grpc_status is not None else grpc_status_for_http(status)
+            extra = [*(extra or ()), (b"content-type", b"application/grpc"), (b"grpc-status", b"%d" % code)]
+            if body and not self.head_only:
+                extra.append((b"grpc-message", _grpc_message(body)))
+            status, body = 200, None
         self.resp_started = True
         self.status = status
         if close or (self.body_expected and not self.req_done) or self.conn.draining:
@@ -443,19 +576,21 @@ class Stream:
             self.conn.stop_after = True
         rt = self.rt
         server = rt.server if rt.server_mode is not ServerHeaderTransformation.PASS_THROUGH else None
-        if rt.cfg.always_set_request_id_in_response and self.request_id:
+        if rt.rid_response and self.request_id and self._rid_in_response():
             extra = [*(extra or ()), (b"x-request-id", self.request_id)]
         if rt.via:
             extra = list(extra or ())
             append_via(extra, rt.via)
         # A refused 1.0 request (426) is answered in 1.1, an accepted one in 1.0 (Envoy's codec).
         http10 = self.head.version == b"1.0" and rt.cfg.accept_http_10
-        self.conn.write(
-            local_reply.encode(
-                status, body, server, self.close_after, extra, head_only=self.head_only, http10=http10,
-                keep_alive=http10 and not self.close_after,
-            )
+        data = local_reply.encode(
+            status, body, server, self.close_after, extra, head_only=self.head_only, http10=http10,
+            keep_alive=http10 and not self.close_after,
         )
+        if status == 204 and data.endswith(_EMPTY_LENGTH_END):
+            # A 204 has no content-length (Envoy's codec; x-envoy-upstream-rq-timeout-alt-response).
+            data = data[: -len(_EMPTY_LENGTH_END)] + b"\r\n"
+        self.conn.write(data)
         self._response_complete()
 
     def _response_complete(self) -> None:
@@ -480,12 +615,15 @@ class Stream:
         """A stream timer fired (http/stream_timers.py): Envoy's 408 while the request is still
         arriving, 504 while waiting on the upstream, a reset once the response has started."""
         rt = self.rt
-        rt.stats.downstream_rq_timeout += 1
-        # Envoy's flags: SI for stream_idle_timeout, DT for max_stream_duration.
+        # Envoy's flags: SI for stream_idle_timeout, DT for max_stream_duration; each its counter.
         if body == b"stream timeout":
+            rt.stats.downstream_rq_idle_timeout += 1
             self.flag("SI")
         elif body.startswith(b"downstream duration"):
+            rt.stats.downstream_rq_max_duration_reached += 1
             self.flag("DT")
+        else:
+            rt.stats.downstream_rq_timeout += 1
         if self.resp_started:
             self.conn.abort()
             return
@@ -493,10 +631,12 @@ class Stream:
         self.filters = ()
         for f in filters:
             f.on_destroy(self)  # the router gives up its upstream request
+        # Envoy's duration timer answers a gRPC request with DEADLINE_EXCEEDED (4).
+        grpc = 4 if body == b"downstream duration timeout" else None
         if always_408 or not self.req_done:
-            self.local_reply(408, body, close=True)
+            self.local_reply(408, body, close=True, grpc_status=grpc)
         else:
-            self.local_reply(504, body)
+            self.local_reply(504, body, grpc_status=grpc)
 
     def reset(self) -> None:
         """The downstream went away: tell the filters (the router resets its upstream)."""

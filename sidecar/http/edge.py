@@ -4,9 +4,15 @@ ConnectionManagerUtility::mutateRequestHeaders, for HTTP/1.
 - x-forwarded-for: with `use_remote_address` the peer is appended (a peer on loopback is replaced by
   this host's own address, Network::Utility::getLocalAddress); without it the header is left alone.
 - x-forwarded-proto: set to the connection's scheme at the edge, kept (or set when absent) inside.
-- Internal or external: Envoy 1.40's internal_address_config is empty by default, so no request is
-  internal.  External requests lose Envoy's control headers (x-envoy-retry-on, ...-rq-timeout-ms,
-  x-envoy-internal, ...) and, at the edge, get x-envoy-external-address = the peer.
+- Internal or external (`classify`): without internal_address_config (Envoy 1.40's default) no
+  request is internal.  With it, a request is internal when its one trusted address is: with
+  `use_remote_address` the peer, if the request carries no x-forwarded-for; without it the single
+  address of x-forwarded-for (none, several or a malformed one make the request external).
+  Internal requests get `x-envoy-internal: true` and keep Envoy's control headers, which the router
+  then obeys (x-envoy-retry-on, x-envoy-upstream-rq-timeout-ms, ...).  External requests lose them
+  (ConnectionManagerUtility::cleanInternalHeaders) and the route configuration's
+  internal_only_headers; at the edge (use_remote_address and external) they also lose the
+  downstream-service headers and get x-envoy-external-address = the peer.
 - x-request-id: generated when absent; replaced at the edge unless preserve_external_request_id.
 - Connection-nominated and hop-by-hop headers are dropped (RFC 9110 section 7.6.1); `te` survives as
   "trailers" when it lists trailers."""
@@ -14,6 +20,7 @@ ConnectionManagerUtility::mutateRequestHeaders, for HTTP/1.
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import os
 import random
 import socket
@@ -22,33 +29,39 @@ from functools import cache
 
 from sidecar.http.events import Headers, RequestHead
 from sidecar.model.listener import HttpConnectionManager
+from sidecar.model.route import InternalAddressConfig
 
-# Control headers Envoy strips from external requests (Http::Headers "EnvoyXxx" names that steer it).
-CONTROL_HEADERS = frozenset(
+# The control headers only an internal request keeps (ConnectionManagerUtility::cleanInternalHeaders).
+INTERNAL_ONLY_HEADERS = frozenset(
     {
-        b"x-envoy-internal",
-        b"x-envoy-external-address",
+        b"x-envoy-retriable-status-codes",
+        b"x-envoy-retriable-header-names",
         b"x-envoy-retry-on",
         b"x-envoy-retry-grpc-on",
         b"x-envoy-max-retries",
-        b"x-envoy-retriable-status-codes",
-        b"x-envoy-retriable-header-names",
         b"x-envoy-upstream-alt-stat-name",
         b"x-envoy-upstream-rq-timeout-ms",
         b"x-envoy-upstream-rq-per-try-timeout-ms",
         b"x-envoy-upstream-rq-timeout-alt-response",
         b"x-envoy-expected-rq-timeout-ms",
-        b"x-envoy-hedge-on-per-try-timeout",
-        b"x-envoy-is-timeout-retry",
-        b"x-envoy-ip-tags",
         b"x-envoy-force-trace",
-        b"x-envoy-upstream-stream-duration-ms",
+        b"x-envoy-ip-tags",
+        b"x-envoy-original-url",
+        b"x-envoy-hedge-on-per-try-timeout",
     }
 )
-# Stripped only at the edge (use_remote_address), where the peer is not another Envoy.
+# Removed from every request: x-envoy-internal (the connection manager decides it), and
+# x-envoy-upstream-stream-duration-ms, which Envoy's router consumes (sidecar does not implement
+# the upstream stream duration it asks for).
+ALWAYS_REMOVED = frozenset({b"x-envoy-internal", b"x-envoy-upstream-stream-duration-ms"})
+# What an external request loses.
+CONTROL_HEADERS = INTERNAL_ONLY_HEADERS | ALWAYS_REMOVED
+# Stripped only from edge requests (use_remote_address and external), where the peer is not another
+# Envoy; x-envoy-external-address is then set to the peer.
 EDGE_ONLY_HEADERS = frozenset(
     {b"x-envoy-decorator-operation", b"x-envoy-downstream-service-cluster", b"x-envoy-downstream-service-node"}
 )
+_EDGE_STRIPPED = EDGE_ONLY_HEADERS | {b"x-envoy-external-address"}
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te", b"http2-settings"}
 )
@@ -243,13 +256,13 @@ def mutate_request_headers(head: RequestHead, cfg: HttpConnectionManager, peer_i
             else:
                 control = True
     if control:
-        # Every request is external (see module doc): Envoy's control headers go.
+        # Every request is external here (no internal_address_config): the control headers go.
         headers = head.headers = [h for h in headers if h[0] not in CONTROL_HEADERS]
     edge = cfg.use_remote_address
     if edge:
         for k, _ in headers:
-            if k in EDGE_ONLY_HEADERS:
-                headers = head.headers = [h for h in headers if h[0] not in EDGE_ONLY_HEADERS]
+            if k in _EDGE_STRIPPED:
+                headers = head.headers = [h for h in headers if h[0] not in _EDGE_STRIPPED]
                 break
         if not cfg.skip_xff_append:
             appended = local_address() if _is_loopback(peer_ip) else peer_ip
@@ -272,3 +285,124 @@ def mutate_request_headers(head: RequestHead, cfg: HttpConnectionManager, peer_i
         rid = new_request_id()
         head.set(b"x-request-id", rid)
     return rid
+
+
+# --- internal requests (only with internal_address_config) --------------------------------------
+
+_IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+_CACHE_SIZE = 1024
+_XFF_SPACE = b" \t\f\v\n\r"  # StringUtil::ltrim/rtrim
+
+
+def _legacy_internal(ip: _IP) -> bool:
+    """Network::Utility::isInternalAddress: RFC 1918 IPv4 and exactly 127.0.0.1; IPv6 fd00::/8
+    (the locally assigned half of RFC 4193) and ::1."""
+    if ip.version == 4:
+        b = ip.packed
+        return b[0] == 10 or (b[0] == 192 and b[1] == 168) or (b[0] == 172 and 16 <= b[1] <= 31) or b == b"\x7f\0\0\x01"
+    return ip.packed[0] == 0xFD or int(ip) == 1
+
+
+class InternalAddresses:
+    """The compiled internal_address_config of one connection manager: `internal(text)` answers
+    for an address as text (b"" stands for a Unix socket peer), remembering recent answers."""
+
+    __slots__ = ("_cache", "networks", "unix_sockets")
+
+    def __init__(self, cfg: InternalAddressConfig) -> None:
+        self.unix_sockets = cfg.unix_sockets
+        self.networks = tuple(ipaddress.ip_network(c) for c in cfg.cidr_ranges)
+        self._cache: dict[bytes, bool] = {}
+
+    def internal(self, addr: bytes) -> bool:
+        if not addr:
+            return self.unix_sockets
+        known = self._cache.get(addr)
+        if known is not None:
+            return known
+        answer = self._decide(addr)
+        if len(self._cache) >= _CACHE_SIZE:
+            self._cache.clear()
+        self._cache[addr] = answer
+        return answer
+
+    def _decide(self, addr: bytes) -> bool:
+        text = addr.decode("latin-1")
+        if "%" in text:  # inet_pton takes no IPv6 zone index
+            return False
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            return False
+        if self.networks:
+            return any(ip in n for n in self.networks)
+        return _legacy_internal(ip)
+
+
+def classify(head: RequestHead, cfg: HttpConnectionManager, peer_ip: bytes, trust: InternalAddresses) -> bool:
+    """Whether the request is internal (ConnectionManagerUtility::mutateRequestHeaders), before the
+    connection manager touches x-forwarded-for.  With use_remote_address: no x-forwarded-for and an
+    internal peer.  Without: x-forwarded-for (several headers count as one joined with ',') holds one
+    address (Utility::getLastAddressFromXFF with no trusted hops), and it is internal."""
+    xff = None
+    for k, v in head.headers:
+        if k == b"x-forwarded-for":
+            xff = v if xff is None else xff + b"," + v
+    if cfg.use_remote_address:
+        return xff is None and trust.internal(peer_ip)
+    if xff is None or b"," in xff:
+        return False
+    addr = xff.strip(_XFF_SPACE)
+    return bool(addr) and trust.internal(addr)
+
+
+def mutate_request_headers_trusting(
+    head: RequestHead,
+    cfg: HttpConnectionManager,
+    peer_ip: bytes,
+    trust: InternalAddresses | None,
+    internal_only: tuple[bytes, ...] = (),
+) -> tuple[bytes, bool]:
+    """mutate_request_headers when some requests may be internal (`trust`) or the route configuration
+    has internal_only_headers: returns (request id, internal)."""
+    internal = trust is not None and classify(head, cfg, peer_ip, trust)
+    if not internal:
+        external_id = mutate_request_headers(head, cfg, peer_ip)
+        if internal_only:
+            head.headers = [h for h in head.headers if h[0] not in internal_only]
+        return external_id, False
+    # Internal: Envoy's control headers stay for the router; x-envoy-internal is (re)set.
+    if cfg.normalize_path:
+        head.path = normalize_path(head.path)
+    if cfg.merge_slashes:
+        head.path = merge_slashes(head.path)
+    if cfg.via:
+        append_via(head.headers, cfg.via.encode())
+    headers = head.headers
+    rid: bytes | None = None
+    xfp: bytes | None = None
+    drop = False
+    for k, v in headers:
+        if k == b"x-request-id":
+            rid = v
+        elif k == b"x-forwarded-proto":
+            xfp = v
+        elif k in ALWAYS_REMOVED:
+            drop = True
+    if drop:
+        headers = head.headers = [h for h in headers if h[0] not in ALWAYS_REMOVED]
+    if cfg.use_remote_address:
+        if not cfg.skip_xff_append:
+            # (no x-forwarded-for arrived: that is what made this request internal)
+            headers.append((b"x-forwarded-for", local_address() if _is_loopback(peer_ip) else peer_ip))
+        head.set(b"x-forwarded-proto", head.scheme)
+        headers = head.headers
+    elif xfp is None:
+        headers.append((b"x-forwarded-proto", head.scheme))
+    headers.append((b"x-envoy-internal", b"true"))
+    if not cfg.generate_request_id:
+        return rid or b"", True
+    if rid is None:
+        rid = new_request_id()
+        headers.append((b"x-request-id", rid))
+    return rid, True

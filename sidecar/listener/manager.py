@@ -26,11 +26,13 @@ from sidecar.http.conn_manager import HcmRuntime
 from sidecar.http.filters.registry import filter_factories
 from sidecar.http.protocol import Http1ServerConnection
 from sidecar.http.timeouts import Timeouts
+from sidecar.l4.rbac import NetworkRbacRuntime, guard_chain
 from sidecar.l4.tcp_proxy import TcpProxyConnection, TcpProxyRuntime
 from sidecar.listener.accept import Acceptor, address_key
 from sidecar.listener.original_dst import set_capture_options
 from sidecar.model.endpoint import SocketAddress
 from sidecar.model.listener import FilterChain, HttpConnectionManager, Listener, TcpProxy
+from sidecar.model.rbac import NetworkRbac
 from sidecar.observe.stats import Counter, Stats
 from sidecar.upstream.cluster_manager import ClusterManager
 
@@ -163,6 +165,8 @@ class ListenerManager:
             return None  # Envoy: "closing connection: no filters"
         terminal = chain.filters[-1]
         limit = listener.per_connection_buffer_limit_bytes
+        # envoy.filters.network.rbac before the terminal filter: checked when bytes arrive.
+        rbacs = [NetworkRbacRuntime(f, self.stats) for f in chain.filters[:-1] if isinstance(f, NetworkRbac)]
         if isinstance(terminal, HttpConnectionManager):
             factories = filter_factories(terminal, self.stats)  # http_filters, router last
             rt = HcmRuntime(terminal, self.cm, self.stats, self.loop, factories, limit, self.timeouts)
@@ -172,7 +176,7 @@ class ListenerManager:
                     return Http1ServerConnection(rt, conns)
                 return _CapturedHttp1(rt, conns, dst)
 
-            return http
+            return guard_chain(http, rbacs, self.loop)
         assert isinstance(terminal, TcpProxy)
         trt = TcpProxyRuntime(terminal, self.cm, self.stats, self.loop, limit)
 
@@ -181,7 +185,7 @@ class ListenerManager:
             conn.original_dst = dst
             return conn
 
-        return tcp
+        return guard_chain(tcp, rbacs, self.loop)
 
     def _activate(self, cfg: Listener, sock: socket.socket | None) -> ActiveListener:
         conns = _Connections()

@@ -9,7 +9,8 @@ from enum import Enum
 from typing import Protocol
 
 from sidecar.model.endpoint import SocketAddress
-from sidecar.model.route import RouteConfiguration
+from sidecar.model.rbac import NetworkRbac
+from sidecar.model.route import InternalAddressConfig, RouteConfiguration
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +88,11 @@ class HttpConnectionManager:
     normalize_path: bool = False
     merge_slashes: bool = False
     codec_type: str = "AUTO"
+    # internal_address_config: which peers are internal (http/edge.py); None = Envoy 1.40's default.
+    internal_address_config: InternalAddressConfig | None = None
 
 
-NetworkFilter = TcpProxy | HttpConnectionManager
+NetworkFilter = TcpProxy | HttpConnectionManager | NetworkRbac
 
 
 class SourceType(Enum):

@@ -35,6 +35,10 @@ class RetryPolicy:
     # Envoy: num_retries defaults to 1.
     num_retries: int = 1
     per_try_timeout: float = 0.0
+    # per_try_idle_timeout: an attempt with no upstream response bytes for this long is reset and
+    # handled as a per-try timeout (0: none).  Starts with the per-try timeout, runs until the end
+    # of the response.
+    per_try_idle_timeout: float = 0.0
     retriable_status_codes: frozenset[int] = frozenset()
     # retriable_headers: header matchers (routing.matchers.HeaderMatcher) run on the response.
     retriable_headers: tuple[object, ...] = ()

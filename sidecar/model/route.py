@@ -104,11 +104,18 @@ class HashPolicyKind(Enum):
 @dataclass(frozen=True, slots=True)
 class HashPolicy:
     """One RouteAction.hash_policy entry (routing/hash_policy.py evaluates it).  `name` is the
-    lowercase header name, the cookie name or the query parameter name ("" for source_ip)."""
+    lowercase header name, the cookie name or the query parameter name ("" for source_ip).
+
+    A cookie policy with a `ttl` (whole seconds, as Envoy keeps it) generates the cookie when the
+    request has none and sends it back in Set-Cookie with `path` and `attributes` ((name, value),
+    value "" for a bare attribute such as Secure); without a ttl those two are moot and kept empty."""
 
     kind: HashPolicyKind
     name: str = ""
     terminal: bool = False
+    ttl: int | None = None
+    path: str = ""
+    attributes: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +127,21 @@ class MirrorPolicy:
     numerator: int = 100
     denominator: int = 100
     host_suffix: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class MaxStreamDuration:
+    """RouteAction.max_stream_duration (seconds; None where the field is unset).  Its presence alone
+    switches the route to Envoy's "new timeouts": the route `timeout` is then not used by the router,
+    and the connection manager's stream duration timer is what bounds the request
+    (http/timeouts.stream_duration)."""
+
+    # Overrides the HCM's common_http_protocol_options.max_stream_duration; 0 disables it.
+    max_stream_duration: float | None = None
+    # Use the request's grpc-timeout header as the duration, capped by this (0: no cap).
+    grpc_timeout_header_max: float | None = None
+    # Subtracted from the grpc-timeout header value.
+    grpc_timeout_header_offset: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +160,10 @@ class RouteAction:
     append_x_forwarded_host: bool = False
     # Envoy's default route timeout is 15 s; 0 disables it.
     timeout: float = 15.0
-    idle_timeout: float = 0.0
+    # idle_timeout: replaces the HCM's stream_idle_timeout for requests of this route (0 disables
+    # it); None when unset.
+    idle_timeout: float | None = None
+    max_stream_duration: MaxStreamDuration | None = None
     # RouteAction.hash_policy, for RING_HASH / MAGLEV clusters (empty: a random host).
     hash_policy: tuple[HashPolicy, ...] = ()
     # request_mirror_policies: shadow copies of the request (response discarded).
@@ -146,10 +171,19 @@ class RouteAction:
     # The route's retry_policy, else the virtual host's (Envoy: the route's wins whole, no merge).
     retry_policy: RetryPolicy | None = None
     # Derived once here so the router reads one flag per request instead of six fields:
-    # `plain` = one named cluster and no path or host rewrite; `timeout_header` = the value of
-    # x-envoy-expected-rq-timeout-ms (b"" when the timeout is off).
+    # `plain` = one named cluster and no path or host rewrite; `upstream_timeout` = the router's
+    # global timeout (Envoy's finalTimeout: 0 under max_stream_duration); `per_try` and
+    # `per_try_idle` = the retry policy's per-try timeouts (a per-try timeout not below the global
+    # one is dropped); `timeout_header` = x-envoy-expected-rq-timeout-ms (b"" when there is none);
+    # `stream_timers` = the connection manager has a per-route timer to set (idle, duration).
     plain: bool = field(init=False, compare=False, default=False)
+    upstream_timeout: float = field(init=False, compare=False, default=0.0)
+    per_try: float = field(init=False, compare=False, default=0.0)
+    per_try_idle: float = field(init=False, compare=False, default=0.0)
     timeout_header: bytes = field(init=False, compare=False, default=b"")
+    stream_timers: bool = field(init=False, compare=False, default=False)
+    # (per_try, per_try_idle) when either is set, else None: the router's one test per request.
+    try_timers: tuple[float, float] | None = field(init=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         plain = not (
@@ -162,8 +196,21 @@ class RouteAction:
             or self.host_rewrite_header
         )
         object.__setattr__(self, "plain", plain)
-        header = b"%d" % int(self.timeout * 1000) if self.timeout > 0 else b""
+        upstream = 0.0 if self.max_stream_duration is not None else self.timeout
+        retry = self.retry_policy
+        per_try = retry.per_try_timeout if retry is not None else 0.0
+        if upstream > 0 and per_try >= upstream:
+            per_try = 0.0  # Envoy: a per-try timeout >= the global timeout is ignored
+        object.__setattr__(self, "upstream_timeout", upstream)
+        object.__setattr__(self, "per_try", per_try)
+        per_try_idle = retry.per_try_idle_timeout if retry is not None else 0.0
+        object.__setattr__(self, "per_try_idle", per_try_idle)
+        object.__setattr__(self, "try_timers", (per_try, per_try_idle) if per_try or per_try_idle else None)
+        expected = per_try or upstream
+        header = b"%d" % round(expected * 1000) if expected > 0 else b""
         object.__setattr__(self, "timeout_header", header)
+        timers = self.idle_timeout is not None or self.max_stream_duration is not None
+        object.__setattr__(self, "stream_timers", timers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +265,19 @@ class VirtualHost:
 
 class RouteSelector(Protocol):
     def select(self, authority: str, path: str, request: RequestView) -> tuple[VirtualHost, Route] | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class InternalAddressConfig:
+    """HttpConnectionManager.internal_address_config: which downstream addresses make a request
+    internal (http/edge.py).  `cidr_ranges` are canonical "net/len" strings; when there are none,
+    Envoy falls back to its legacy test (RFC 1918 IPv4, 127.0.0.1, fd00::/8 and ::1).  Without an
+    internal_address_config at all (None on the connection manager) no request is internal.
+
+    It belongs with the connection manager (model/listener.py); it lives here until it moves."""
+
+    unix_sockets: bool = False
+    cidr_ranges: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,10 @@ Envoy's Http::HashPolicyImpl (source/common/http/hash_policy.cc):
 - header: every value of the header, sorted, chained through xxHash64 (each value's hash seeds the
   next), so the order of repeated headers does not matter;
 - cookie: xxHash64 of the first cookie of that name in the Cookie headers (surrounding quotes
-  dropped); sidecar never generates the cookie (translate refuses `ttl`, which asks for that);
+  dropped).  When there is none and the policy has a `ttl`, the caller's `add_cookie` makes one (the
+  router's addDownstreamSetCookie: 16 hex digits of xxHash64 over the downstream connection's
+  remote then local "ip:port", the same for every request of a connection) and the hash is taken of
+  that value; `set_cookie` formats the Set-Cookie header sent back with the upstream's response;
 - connection_properties.source_ip: xxHash64 of the downstream peer's IP as text;
 - query_parameter: xxHash64 of the first `name=value` value of the raw (undecoded) query string.
 Policies are combined in order: hash = rotl64(hash, 1) ^ new (the first one as is); once a hash
@@ -15,7 +18,7 @@ Pure: reads the request head and the peer IP it is given."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from sidecar.model.route import HashPolicy, HashPolicyKind
@@ -92,13 +95,40 @@ def query_value(path: bytes, name: str) -> bytes | None:
     return None
 
 
-def evaluate(policy: HashPolicy, head: HeadView, peer_ip: bytes) -> int | None:
+AddCookie = Callable[[HashPolicy], bytes]
+
+
+def generated_cookie(remote_addr: bytes, local_addr: bytes) -> bytes:
+    """The value Envoy gives a generated hash cookie: Hex::uint64ToHex(xxHash64(remote + local)),
+    both addresses as Envoy prints them ("1.2.3.4:80", "[::1]:80")."""
+    return b"%016x" % xxhash64(remote_addr + local_addr)
+
+
+def set_cookie(policy: HashPolicy, value: bytes) -> bytes:
+    """Http::Utility::makeSetCookieValue(name, value, path, ttl, httponly=true, attributes):
+    `name="value"`, then Max-Age unless the ttl is 0, Path when set, the attributes (`; name` or
+    `; name=value`), and HttpOnly last."""
+    out = b'%s="%s"' % (policy.name.encode("latin-1"), value)
+    if policy.ttl:
+        out += b"; Max-Age=%d" % policy.ttl
+    if policy.path:
+        out += b"; Path=" + policy.path.encode("latin-1")
+    for name, attr in policy.attributes:
+        out += b"; " + name.encode("latin-1")
+        if attr:
+            out += b"=" + attr.encode("latin-1")
+    return out + b"; HttpOnly"
+
+
+def evaluate(policy: HashPolicy, head: HeadView, peer_ip: bytes, add_cookie: AddCookie | None = None) -> int | None:
     kind = policy.kind
     if kind is HashPolicyKind.HEADER:
         return _header(head, policy.name)
     if kind is HashPolicyKind.COOKIE:
         value = cookie_value(head, policy.name)
         # An empty cookie counts as absent (Envoy tests `value.empty()`).
+        if not value and policy.ttl is not None and add_cookie is not None:
+            value = add_cookie(policy)
         return xxhash64(value) if value else None
     if kind is HashPolicyKind.SOURCE_IP:
         return xxhash64(peer_ip) if peer_ip else None
@@ -106,11 +136,13 @@ def evaluate(policy: HashPolicy, head: HeadView, peer_ip: bytes) -> int | None:
     return None if value is None else xxhash64(value)
 
 
-def request_hash(policies: Sequence[HashPolicy], head: HeadView, peer_ip: bytes) -> int | None:
+def request_hash(
+    policies: Sequence[HashPolicy], head: HeadView, peer_ip: bytes, add_cookie: AddCookie | None = None
+) -> int | None:
     """The combined hash of `policies` for this request, or None when none produced a value."""
     h: int | None = None
     for p in policies:
-        new = evaluate(p, head, peer_ip)
+        new = evaluate(p, head, peer_ip, add_cookie)
         if new is not None:
             # Rotating the previous value keeps two equal policies from cancelling out.
             h = new if h is None else (((h << 1) | (h >> 63)) & _MASK) ^ new

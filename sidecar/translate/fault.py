@@ -13,6 +13,7 @@ from sidecar.translate.errors import ConfigError
 from sidecar.translate.fields import check_fields
 
 FAULT_TYPE = "envoy.extensions.filters.http.fault.v3.HTTPFault"
+HTTP_RBAC_PER_ROUTE_TYPE = "envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
 _TYPED_STRUCT_TYPES = ("udpa.type.v1.TypedStruct", "xds.type.v3.TypedStruct")
 
 # Runtime keys change nothing without a runtime layer; the per-downstream-cluster stats are not kept.
@@ -90,6 +91,10 @@ def translate_fault(pb: Any, path: str) -> FaultSettings:
 def per_filter_config(name: str, any_pb: Any, path: str) -> object:
     """A route's typed_per_filter_config entry: the fault filter's is translated (it is how Istio
     sends faults); any other is kept as the raw Any, as before."""
+    if type_name(any_pb.type_url) == HTTP_RBAC_PER_ROUTE_TYPE:
+        from sidecar.translate.rbac import translate_rbac_per_route  # imports rds lazily too
+
+        return translate_rbac_per_route(typed_config(any_pb, path), path)
     if type_name(any_pb.type_url) not in (FAULT_TYPE, *_TYPED_STRUCT_TYPES):
         return any_pb
     msg = typed_config(any_pb, path)

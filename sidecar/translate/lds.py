@@ -22,11 +22,13 @@ from envoy.config.core.v3 import address_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import json_format
 
@@ -47,6 +49,7 @@ from sidecar.model.listener import (
     TcpProxy,
     WeightedCluster,
 )
+from sidecar.model.rbac import NetworkRbac
 from sidecar.translate.common import (
     bool_value,
     config_hash,
@@ -58,6 +61,8 @@ from sidecar.translate.common import (
 )
 from sidecar.translate.errors import ConfigError
 from sidecar.translate.fields import check_fields, opt_duration, opt_uint
+from sidecar.translate.hcm_internal import hcm_internal_address_config
+from sidecar.translate.rbac import rbac_http_filter, translate_network_rbac
 
 ROUTER = router_pb2.Router.DESCRIPTOR.full_name
 FAULT = fault_pb2.HTTPFault.DESCRIPTOR.full_name
@@ -295,8 +300,9 @@ def _filter_chain(
     for i, f in enumerate(fc.filters):
         fp = f"{path}.filters[{i}]"
         filters.append(_network_filter(f, fp, clusters))
-        # Both filters we implement are terminal (Envoy: Config::Utility::validateTerminalFilters).
-        if i != last:
+        # tcp_proxy and http_connection_manager are terminal (Envoy: validateTerminalFilters);
+        # network RBAC is a read filter that may come before them.
+        if i != last and not isinstance(filters[-1], NetworkRbac):
             raise ConfigError(
                 fp,
                 f"Error: terminal filter named {f.name} of type {type_name(f.typed_config.type_url)} "
@@ -320,6 +326,8 @@ def _network_filter(
     tp = f"{path}.typed_config"
     msg = typed_config(f.typed_config, tp)  # a TypedStruct wrapper is opened, as Envoy does
     kind = msg.DESCRIPTOR.full_name
+    if isinstance(msg, network_rbac_pb2.RBAC):
+        return translate_network_rbac(msg, tp)
     if isinstance(msg, tcp_proxy_pb2.TcpProxy):
         return _tcp_proxy(msg, tp)
     if isinstance(msg, hcm_pb2.HttpConnectionManager):
@@ -368,6 +376,7 @@ def _tcp_proxy(pb: tcp_proxy_pb2.TcpProxy, path: str) -> TcpProxy:
 
 
 _HCM_HANDLED = (
+    "internal_address_config",
     "codec_type",
     "stat_prefix",
     "rds",
@@ -457,6 +466,7 @@ def _hcm(
     )
     return HttpConnectionManager(
         stat_prefix=pb.stat_prefix,
+        internal_address_config=hcm_internal_address_config(pb, path),
         route_config=route_config,
         http_filters=filters,
         server_name=pb.server_name or "envoy",
@@ -519,6 +529,9 @@ def _http_filters(pb: hcm_pb2.HttpConnectionManager, path: str) -> tuple[HttpFil
             if not f.is_optional:
                 raise
             msg = None
+        if isinstance(msg, http_rbac_pb2.RBAC):
+            out.append(rbac_http_filter(f, msg, fp, i == last))
+            continue
         if isinstance(msg, fault_pb2.HTTPFault):
             out.append(_fault_filter(f, msg, fp, i == last))
             continue
@@ -531,7 +544,7 @@ def _http_filters(pb: hcm_pb2.HttpConnectionManager, path: str) -> tuple[HttpFil
                 f"{fp}.typed_config",
                 f"http filter '{f.name}' of type '{kind}' is not supported by sidecar yet",
             )
-        check_fields(msg, f"{fp}.typed_config", handled=(), ignored=_ROUTER_IGNORED)
+        check_fields(msg, f"{fp}.typed_config", handled=("respect_expected_rq_timeout",), ignored=_ROUTER_IGNORED)
         if i != last:
             raise ConfigError(
                 fp,

@@ -31,6 +31,7 @@ from sidecar.model.route import (
     HashPolicyKind,
     HeaderMutations,
     HeaderValueOption,
+    MaxStreamDuration,
     MirrorPolicy,
     RedirectAction,
     RegexRewrite,
@@ -405,6 +406,8 @@ def translate_route_action(pb: rc_pb2.RouteAction, path: str) -> RouteAction:
             "host_rewrite_header",
             "append_x_forwarded_host",
             "timeout",
+            "idle_timeout",
+            "max_stream_duration",
             "retry_policy",
             "hash_policy",
             "request_mirror_policies",
@@ -450,7 +453,24 @@ def translate_route_action(pb: rc_pb2.RouteAction, path: str) -> RouteAction:
     kw["append_x_forwarded_host"] = pb.append_x_forwarded_host
     if pb.HasField("timeout"):
         kw["timeout"] = _milliseconds(pb.timeout, f"{path}.timeout")
+    if pb.HasField("idle_timeout"):
+        # The connection manager's stream idle timer for this route (0 switches it off).
+        kw["idle_timeout"] = _milliseconds(pb.idle_timeout, f"{path}.idle_timeout")
+    if pb.HasField("max_stream_duration"):
+        kw["max_stream_duration"] = _max_stream_duration(pb.max_stream_duration, f"{path}.max_stream_duration")
     return RouteAction(**kw)
+
+
+def _max_stream_duration(pb: rc_pb2.RouteAction.MaxStreamDuration, path: str) -> MaxStreamDuration:
+    """RouteAction.MaxStreamDuration: each Duration at millisecond precision, None when unset."""
+    check_fields(
+        pb, path, handled=("max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset")
+    )
+    out: dict[str, Any] = {}
+    for name in ("max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset"):
+        if pb.HasField(name):
+            out[name] = _milliseconds(getattr(pb, name), f"{path}.{name}")
+    return MaxStreamDuration(**out)
 
 
 _DENOMINATORS = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
@@ -475,7 +495,7 @@ def _mirror_policy(pb: rc_pb2.RouteAction.RequestMirrorPolicy, path: str) -> Mir
 
 def _hash_policies(pbs: Iterable[rc_pb2.RouteAction.HashPolicy], path: str) -> tuple[HashPolicy, ...]:
     """RouteAction.hash_policy (evaluated by routing/hash_policy.py).  Refused: header regex_rewrite,
-    cookie ttl (Envoy then generates the cookie with Set-Cookie, which sidecar does not), filter_state."""
+    filter_state."""
     out = []
     for i, hp in enumerate(pbs):
         p = f"{path}[{i}]"
@@ -486,10 +506,7 @@ def _hash_policies(pbs: Iterable[rc_pb2.RouteAction.HashPolicy], path: str) -> t
             name = m.ascii_lower(_text(hp.header.header_name, f"{p}.header.header_name", min_len=1))
             out.append(HashPolicy(HashPolicyKind.HEADER, name, hp.terminal))
         elif kind == "cookie":
-            # path and attributes only shape a generated cookie, which needs ttl (refused).
-            check_fields(hp.cookie, f"{p}.cookie", handled=("name", "path", "attributes"))
-            name = _text(hp.cookie.name, f"{p}.cookie.name", min_len=1)
-            out.append(HashPolicy(HashPolicyKind.COOKIE, name, hp.terminal))
+            out.append(_cookie_policy(hp.cookie, f"{p}.cookie", hp.terminal))
         elif kind == "connection_properties":
             # source_ip false: Envoy adds no hash method at all (and `terminal` goes with it).
             if hp.connection_properties.source_ip:
@@ -500,6 +517,29 @@ def _hash_policies(pbs: Iterable[rc_pb2.RouteAction.HashPolicy], path: str) -> t
         else:
             raise ConfigError(p, 'field: "policy_specifier", reason: is required')
     return tuple(out)
+
+
+def _cookie_policy(pb: rc_pb2.RouteAction.HashPolicy.Cookie, path: str, terminal: bool) -> HashPolicy:
+    """A cookie hash policy.  With `ttl`, Envoy generates a missing cookie (Router's
+    addDownstreamSetCookie); it keeps whole seconds of the ttl (std::chrono::seconds(ttl.seconds())).
+    path and attributes only shape that generated cookie, so without a ttl they are not kept."""
+    check_fields(pb, path, handled=("name", "ttl", "path", "attributes"))
+    name = _text(pb.name, f"{path}.name", min_len=1)
+    if not pb.HasField("ttl"):
+        return HashPolicy(HashPolicyKind.COOKIE, name, terminal)
+    attributes = []
+    for i, a in enumerate(pb.attributes):
+        ap = f"{path}.attributes[{i}]"
+        check_fields(a, ap, handled=("name", "value"))
+        attributes.append((_text(a.name, f"{ap}.name", min_len=1), _text(a.value, f"{ap}.value")))
+    return HashPolicy(
+        HashPolicyKind.COOKIE,
+        name,
+        terminal,
+        ttl=pb.ttl.seconds,
+        path=_text(pb.path, f"{path}.path"),
+        attributes=tuple(attributes),
+    )
 
 
 def translate_redirect_action(pb: rc_pb2.RedirectAction, path: str) -> RedirectAction:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
+from google.protobuf.duration_pb2 import Duration
 
 from sidecar.model.retry import GRPC_CONDITIONS, HTTP_CONDITIONS, RetryPolicy
 from sidecar.translate.errors import ConfigError
@@ -17,6 +18,14 @@ _NOT_YET = frozenset({"http3-post-connect-failure"})
 _PREVIOUS_HOSTS = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 
 
+def milliseconds(d: Duration, path: str) -> float:
+    """A Duration in seconds at Envoy's millisecond precision (DurationUtil::durationToMilliseconds:
+    nanoseconds below a millisecond are dropped; a negative duration is refused)."""
+    if d.seconds < 0 or d.nanos < 0 or d.seconds > 315_576_000_000:
+        raise ConfigError(path, "Duration out-of-range")
+    return (d.seconds * 1000 + d.nanos // 1_000_000) / 1000
+
+
 def translate_retry_policy(pb: rc_pb2.RetryPolicy, path: str) -> RetryPolicy:
     check_fields(
         pb,
@@ -25,6 +34,7 @@ def translate_retry_policy(pb: rc_pb2.RetryPolicy, path: str) -> RetryPolicy:
             "retry_on",
             "num_retries",
             "per_try_timeout",
+            "per_try_idle_timeout",
             "retriable_status_codes",
             "retriable_headers",
             "retry_back_off",
@@ -44,7 +54,9 @@ def translate_retry_policy(pb: rc_pb2.RetryPolicy, path: str) -> RetryPolicy:
     if pb.HasField("num_retries"):
         kw["num_retries"] = pb.num_retries.value
     if pb.HasField("per_try_timeout"):
-        kw["per_try_timeout"] = duration(pb.per_try_timeout)
+        kw["per_try_timeout"] = milliseconds(pb.per_try_timeout, f"{path}.per_try_timeout")
+    if pb.HasField("per_try_idle_timeout"):
+        kw["per_try_idle_timeout"] = milliseconds(pb.per_try_idle_timeout, f"{path}.per_try_idle_timeout")
     if pb.retriable_headers:
         from sidecar.translate.rds import translate_header_matcher  # rds imports this module
 

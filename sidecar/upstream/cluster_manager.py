@@ -58,6 +58,7 @@ _CLUSTER_COUNTERS = (
     "upstream_cx_overflow",
     "upstream_rq_pending_overflow",
     "upstream_rq_per_try_timeout",
+    "upstream_rq_per_try_idle_timeout",
     "upstream_rq_retry",
     "upstream_rq_retry_overflow",
     "upstream_rq_retry_limit_exceeded",
@@ -99,6 +100,7 @@ class ClusterStats:
     upstream_cx_overflow: int
     upstream_rq_pending_overflow: int
     upstream_rq_per_try_timeout: int
+    upstream_rq_per_try_idle_timeout: int
     upstream_rq_retry: int
     upstream_rq_retry_overflow: int
     upstream_rq_retry_limit_exceeded: int

@@ -11,14 +11,22 @@ Envoy's RetryStatus does, so that refusals are counted.  Conditions (Envoy's rou
 - gRPC (cancelled, deadline-exceeded, internal, resource-exhausted, unavailable): the grpc-status of a
   response's headers.
 Back-off (RFC-free, Envoy's JitteredExponentialBackOffStrategy): attempt N waits a uniformly random
-time in [0, min((2^N - 1) * base, max)]."""
+time in [0, min((2^N - 1) * base, max)].
+
+`steer` merges the request headers that steer retries (internal requests only: the connection
+manager strips them from external ones) into the route's policy, as RetryStateImpl does."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from enum import Enum
 
-from sidecar.model.retry import GRPC_CONDITIONS, RetryPolicy
+from sidecar.http.timeouts import parse_int
+from sidecar.model.retry import GRPC_CONDITIONS, HTTP_CONDITIONS, RetryPolicy
+from sidecar.routing.matchers import HeaderMatcher
+
+_UINT32 = 0xFFFFFFFF
 
 
 class Outcome(Enum):
@@ -119,3 +127,56 @@ def reset_delay(p: RetryPolicy, header: Callable[[bytes], bytes | None], now_epo
         if value >= 0:
             return value
     return None
+
+
+def _tokens(raw: bytes, known: frozenset[str] | dict[str, int]) -> set[str]:
+    """StringUtil::splitToken(value, ",", keep_empty=false, trim_whitespace=true), unknown names
+    dropped (Envoy's parseRetryOn / parseRetryGrpcOn keep the valid ones)."""
+    out = set()
+    for part in raw.split(b","):
+        name = part.strip(b" \t").decode("latin-1")
+        if name in known:
+            out.add(name)
+    return out
+
+
+def steer(
+    policy: RetryPolicy | None,
+    retry_on: bytes | None = None,
+    retry_grpc_on: bytes | None = None,
+    max_retries: bytes | None = None,
+    status_codes: bytes | None = None,
+    header_names: bytes | None = None,
+) -> RetryPolicy | None:
+    """The retry policy of one request: the route's (or virtual host's) `policy` with the request's
+    x-envoy-retry-on (HTTP conditions), x-envoy-retry-grpc-on (gRPC ones), x-envoy-max-retries (wins
+    over num_retries, once any condition is on; Envoy keeps it in 32 bits),
+    x-envoy-retriable-status-codes and x-envoy-retriable-header-names (names only: a response having
+    the header matches) added, as RetryStateImpl's constructor does.  A route without a policy gets
+    Envoy's default one (num_retries 1).  None when no condition is on: the request is not retried."""
+    if retry_on is None and retry_grpc_on is None and (policy is None or not policy.retry_on):
+        return None
+    base = policy if policy is not None else RetryPolicy(retry_on=frozenset())
+    on = set(base.retry_on)
+    if retry_on is not None:
+        on |= _tokens(retry_on, HTTP_CONDITIONS)
+    if retry_grpc_on is not None:
+        on |= _tokens(retry_grpc_on, GRPC_CONDITIONS)
+    if not on:
+        return None
+    num = base.num_retries
+    if max_retries is not None:
+        value = parse_int(max_retries)
+        if value is not None:
+            num = value & _UINT32  # assigned to Envoy's uint32_t retries_remaining_
+    codes = base.retriable_status_codes
+    if status_codes is not None:
+        parsed = (parse_int(code, _UINT32) for code in status_codes.split(b","))
+        codes = codes | {c for c in parsed if c is not None}
+    matchers = base.retriable_headers
+    if header_names is not None:
+        names = (n.strip(b" \t\n\v\f\r").decode("latin-1").lower() for n in header_names.split(b","))
+        matchers = (*matchers, *(HeaderMatcher(n) for n in names if n))
+    return dataclasses.replace(
+        base, retry_on=frozenset(on), num_retries=num, retriable_status_codes=codes, retriable_headers=matchers
+    )

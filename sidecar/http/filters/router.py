@@ -2,7 +2,9 @@
 
 It applies the route's action (direct response, redirect, or forwarding with rewrites and header
 mutations), picks a host, borrows a pooled connection, streams the body both ways with flow control
-and arms the route timeout.  Route choice itself is routing/table.py; host choice is upstream/."""
+and arms the route timeout and the per-try timers (per_try_timeout, per_try_idle_timeout).  An
+internal request (http/edge.py) may steer retries and timeouts with Envoy's request headers
+(`_steer`).  Route choice itself is routing/table.py; host choice is upstream/."""
 
 from __future__ import annotations
 
@@ -18,12 +20,20 @@ from sidecar.http.events import Headers, RequestHead, ResponseHead
 from sidecar.http.filters.base import STOP, PassThrough
 from sidecar.http.filters.shadow import ShadowRequest, shadow_authority
 from sidecar.http.header_mutation import apply_request_mutations, apply_response_mutations
-from sidecar.http.timeouts import Deadline
+from sidecar.http.timeouts import Deadline, expected_timeout_ms, final_timeouts
+from sidecar.http.timeouts import ms as to_ms
 from sidecar.model.retry import RetryPolicy
-from sidecar.model.route import ClusterWeight, DirectResponseAction, RedirectAction, Route, RouteAction
+from sidecar.model.route import (
+    ClusterWeight,
+    DirectResponseAction,
+    HashPolicy,
+    RedirectAction,
+    Route,
+    RouteAction,
+)
 from sidecar.routing import rewrite, weighted
 from sidecar.upstream.outlier import LOCAL_ORIGIN_FAILURE
-from sidecar.upstream.retry import Outcome, Refused, decide_retry, reset_delay
+from sidecar.upstream.retry import Outcome, Refused, decide_retry, reset_delay, steer
 
 if TYPE_CHECKING:
     from sidecar.http.conn_manager import Stream
@@ -33,6 +43,40 @@ if TYPE_CHECKING:
 
 _monotonic = time.monotonic
 _getrandbits = random.getrandbits
+_EXPECTED = b"x-envoy-expected-rq-timeout-ms"
+_RQ_TIMEOUT = b"x-envoy-upstream-rq-timeout-ms"
+# The request headers an internal request steers the router with (FilterUtility::finalTimeout,
+# RetryStateImpl::create, Filter::decodeHeaders); all but x-envoy-expected-rq-timeout-ms are consumed.
+_STEERING = frozenset(
+    {
+        _EXPECTED,
+        _RQ_TIMEOUT,
+        b"x-envoy-upstream-rq-per-try-timeout-ms",
+        b"x-envoy-upstream-rq-timeout-alt-response",
+        b"x-envoy-retry-on",
+        b"x-envoy-retry-grpc-on",
+        b"x-envoy-max-retries",
+        b"x-envoy-retriable-status-codes",
+        b"x-envoy-retriable-header-names",
+        b"x-envoy-hedge-on-per-try-timeout",  # (hedging is not implemented: the header just goes)
+        b"x-envoy-upstream-alt-stat-name",  # (alternate stat names neither)
+    }
+)
+
+
+class _Extra:
+    """What few requests need: x-envoy-upstream-rq-timeout-alt-response (204 on timeout),
+    x-envoy-hedge-on-per-try-timeout, the Set-Cookie values of generated hash cookies, and the
+    per_try_idle_timeout timer with the time it started."""
+
+    __slots__ = ("alt_timeout", "cookies", "hedging", "idle_since", "try_idle")
+
+    def __init__(self) -> None:
+        self.alt_timeout = False
+        self.hedging = False
+        self.cookies: list[bytes] | None = None
+        self.idle_since = 0.0
+        self.try_idle: Deadline | asyncio.TimerHandle | None = None
 
 
 class Router(PassThrough):
@@ -46,6 +90,7 @@ class Router(PassThrough):
         "counted_active",
         "done",
         "downstream",
+        "extra",
         "hash_key",
         "host",
         "paused_downstream",
@@ -65,8 +110,11 @@ class Router(PassThrough):
         "timeout",
         "timer",
         "tried",
+        "tries",
         "weight",
     )
+    # `extra` (an _Extra, made by _extra()) is set only for requests using the rarer features; it
+    # is read with getattr where it may be absent, so that other requests never pay for it.
 
     def __init__(self) -> None:
         self.stream: Stream | None = None
@@ -98,7 +146,9 @@ class Router(PassThrough):
         self.replay: list[bytes] | None = None
         self.replay_bytes = 0
         self.tried: list[Host] | None = None
-        self.per_try: asyncio.TimerHandle | None = None
+        self.per_try: Deadline | None = None
+        # (per_try_timeout, per_try_idle_timeout) in seconds when either is on, else None.
+        self.tries: tuple[float, float] | None = None
         self.backoff_timer: asyncio.TimerHandle | None = None
         # (method, path, authority, headers) when each attempt re-encodes its head (attempt count).
         self.attempt_headers: tuple[bytes, bytes, bytes, Headers] | None = None
@@ -180,19 +230,20 @@ class Router(PassThrough):
         self.host = host
         if not action.plain:
             self._rewrite(route, action, head, host, cw)
+        retry = action.retry_policy
+        if rt.trust is not None and getattr(stream, "internal", False):
+            # An internal request: its x-envoy-* headers steer this router (before the route's
+            # header mutations, as Envoy's finalTimeout runs before finalizeRequestHeaders).
+            retry = self._steer(head, action, retry, rt.respect_expected)
+        else:
+            self.timeout = action.upstream_timeout
+            self.tries = action.try_timers
+            if action.timeout_header:
+                # The per-try timeout when it is the tighter one, else the route timeout.  Control
+                # headers from an external client were stripped at the edge (http/edge.py): append.
+                head.headers.append((_EXPECTED, action.timeout_header))
         if rt.has_mutations:
             apply_request_mutations(head, stream, cw)
-        timeout_header = action.timeout_header
-        retry = action.retry_policy
-        if retry is not None and retry.per_try_timeout > 0 and (
-            action.timeout == 0 or retry.per_try_timeout < action.timeout
-        ):
-            # Envoy announces the per-try timeout when it is the tighter one.
-            timeout_header = b"%d" % int(retry.per_try_timeout * 1000)
-        if timeout_header:
-            # Control headers from the client were stripped at the edge (http/edge.py): append.
-            head.headers.append((b"x-envoy-expected-rq-timeout-ms", timeout_header))
-        self.timeout = action.timeout
         out, chunked = forwardable(head.headers)
         if chunked:
             out = [*out, (b"transfer-encoding", b"chunked")]
@@ -277,7 +328,80 @@ class Router(PassThrough):
         from sidecar.routing.hash_policy import request_hash  # only hashing clusters pay for it
 
         conn = self.downstream
-        return request_hash(action.hash_policy, head, conn.peer_ip if conn is not None else b"")
+        return request_hash(action.hash_policy, head, conn.peer_ip if conn is not None else b"", self._add_cookie)
+
+    def _extra(self) -> _Extra:
+        extra: _Extra | None = getattr(self, "extra", None)
+        if extra is None:
+            extra = self.extra = _Extra()
+        return extra
+
+    def _add_cookie(self, policy: HashPolicy) -> bytes:
+        """A cookie hash policy with a ttl found no cookie: make one (Envoy's addDownstreamSetCookie,
+        the same value for every request of this connection) and send it back in Set-Cookie."""
+        from sidecar.routing.hash_policy import generated_cookie, set_cookie
+
+        conn = self.downstream
+        value = b""
+        if conn is not None:
+            local = conn.local_addr
+            if b":" in conn.local_ip and not local.startswith(b"["):
+                local = b"[%s]%s" % (conn.local_ip, local[len(conn.local_ip) :])  # Envoy's "[ip]:port"
+            value = generated_cookie(conn.peer_addr, local)
+        extra = self._extra()
+        if extra.cookies is None:
+            extra.cookies = []
+        extra.cookies.append(set_cookie(policy, value))
+        return value
+
+    def _steer(
+        self, head: RequestHead, action: RouteAction, retry: RetryPolicy | None, respect_expected: bool
+    ) -> RetryPolicy | None:
+        """An internal request's steering headers: the route's timeouts as FilterUtility::finalTimeout
+        makes them, x-envoy-expected-rq-timeout-ms announced (in place), the retry policy merged with
+        the x-envoy-retry-* headers (upstream/retry.steer), a 204 on timeout when asked.  The headers
+        are consumed, as Envoy's router does (x-envoy-upstream-rq-timeout-ms stays when
+        respect_expected_rq_timeout took an egress Envoy's x-envoy-expected-rq-timeout-ms instead)."""
+        values: dict[bytes, bytes] = {}
+        for k, v in head.headers:
+            if k in _STEERING:
+                # A repeated header reads as its values joined with ',' (Envoy's inline headers).
+                values[k] = values[k] + b"," + v if k in values else v
+        per_try_route = retry.per_try_timeout if retry is not None else 0.0
+        global_ms, per_try_ms, _ = final_timeouts(
+            to_ms(action.upstream_timeout),
+            to_ms(per_try_route),
+            values.get(_EXPECTED),
+            values.get(_RQ_TIMEOUT),
+            values.get(b"x-envoy-upstream-rq-per-try-timeout-ms"),
+            respect_expected,
+        )
+        if values:
+            keep = {_EXPECTED, _RQ_TIMEOUT} if respect_expected and _EXPECTED in values else {_EXPECTED}
+            head.headers = [h for h in head.headers if h[0] not in _STEERING or h[0] in keep]
+        self.timeout = global_ms / 1000
+        per_try_idle = retry.per_try_idle_timeout if retry is not None else 0.0
+        self.tries = (per_try_ms / 1000, per_try_idle) if per_try_ms or per_try_idle else None
+        # x-envoy-hedge-on-per-try-timeout (FilterUtility::finalHedgingParams) only changes what is
+        # announced here: sidecar does not hedge, a per-try timeout resets the attempt.
+        hedge = values.get(b"x-envoy-hedge-on-per-try-timeout")
+        if hedge == b"true":
+            self._extra().hedging = True
+        expected = expected_timeout_ms(global_ms, per_try_ms, 0, hedge == b"true")
+        if expected:
+            head.set(_EXPECTED, b"%d" % expected)
+        if b"x-envoy-upstream-rq-timeout-alt-response" in values:
+            self._extra().alt_timeout = True
+        if not values:
+            return retry
+        return steer(
+            retry,
+            values.get(b"x-envoy-retry-on"),
+            values.get(b"x-envoy-retry-grpc-on"),
+            values.get(b"x-envoy-max-retries"),
+            values.get(b"x-envoy-retriable-status-codes"),
+            values.get(b"x-envoy-retriable-header-names"),
+        )
 
     def _rewrite(
         self, route: Route, action: RouteAction, head: RequestHead, host: Host, cw: ClusterWeight | None
@@ -350,8 +474,8 @@ class Router(PassThrough):
             self._send_shadows()
         if self.stream is not None:
             self.started_at = self.stream.rt.loop.time()
-        if self.retry is not None and self.retry.per_try_timeout > 0 and self.conn is not None:
-            self._arm_per_try()
+        if self.tries is not None and self.conn is not None:
+            self._arm_tries()
         # Envoy arms the route timeout when the downstream request is complete.
         if self.timeout > 0 and self.timer is None:
             stream = self.stream
@@ -376,9 +500,9 @@ class Router(PassThrough):
         if self.paused_downstream:
             self.paused_downstream = False
             stream.conn.resume_reading()
-        retry = self.retry
-        if retry is not None and retry.per_try_timeout > 0 and self.request_complete:
-            self._arm_per_try()
+        if self.tries is not None and self.request_complete:
+            # Envoy starts the per-try timers once the request is complete and has a connection.
+            self._arm_tries()
 
     def on_upstream_failure(self, reason: bytes) -> None:
         if self.done:
@@ -426,18 +550,26 @@ class Router(PassThrough):
                 elif k == b"x-envoy-ratelimited":
                     limited = True
             matched = False
-            if self.retry.retriable_headers:
+            if retry.retriable_headers:
                 view = ResponseHead(status, headers)
-                matched = any(m.matches(view, "") for m in self.retry.retriable_headers)  # type: ignore[attr-defined]
+                matched = any(m.matches(view, "") for m in retry.retriable_headers)  # type: ignore[attr-defined]
             after = None
-            if self.retry.reset_headers:
+            if retry.reset_headers:
                 view = ResponseHead(status, headers)
-                after = reset_delay(self.retry, view.get, time.time())
+                after = reset_delay(retry, view.get, time.time())
             if self._maybe_retry(Outcome.RESPONSE, status, grpc, limited, matched, after):
                 return
         if self.per_try is not None:
-            self._cancel_per_try()
+            # (a per-try timeout does nothing once the response started; per_try_idle runs on)
+            self.per_try.cancel()
+            self.per_try = None
         ms = b"%d" % int((_monotonic() - self.sent_at) * 1000)
+        if self.hash_key is not None:
+            extra: _Extra | None = getattr(self, "extra", None)
+            cookies = extra.cookies if extra is not None else None
+            if cookies:
+                # One Set-Cookie per host choice, as Envoy computes the hash for each attempt.
+                headers = [*headers, *((b"set-cookie", c) for c in cookies * (self.retries_done + 1))]
         vhost = stream.vhost
         if vhost is not None and vhost.include_attempt_count_in_response:
             headers = [*headers, (b"x-envoy-attempt-count", b"%d" % (self.retries_done + 1))]
@@ -500,8 +632,8 @@ class Router(PassThrough):
         current upstream connection, if any, is given up), False to let the outcome stand."""
         retry = self.retry
         stream = self.stream
-        assert retry is not None and stream is not None and self.cluster is not None
-        if stream.resp_started or self.replay is None:
+        assert stream is not None and self.cluster is not None
+        if retry is None or stream.resp_started or self.replay is None:
             return False  # never once response headers went downstream; never a body we dropped
         breaker = self.cluster.breaker
         budget = self.retry_slot or breaker.can_retry()
@@ -570,13 +702,17 @@ class Router(PassThrough):
         if self.attempt_headers is not None:
             method, path, authority, out = self.attempt_headers
             out = list(out)
-            # Envoy announces what is left: the global timeout's remainder, or the per-try timeout.
-            expected = self.timeout - (stream.rt.loop.time() - self.started_at) if self.timeout > 0 else 0.0
-            if retry.per_try_timeout > 0 and (expected <= 0 or retry.per_try_timeout < expected):
-                expected = retry.per_try_timeout
-            for i, (k, _) in enumerate(out):
-                if k == b"x-envoy-expected-rq-timeout-ms":
-                    out[i] = (k, b"%d" % max(0, int(expected * 1000)))
+            # Envoy announces what is left (setTimeoutHeaders): the per-try timeout, else the global
+            # one, never past the global one's remainder since the request completed.
+            elapsed = int((stream.rt.loop.time() - self.started_at) * 1000) if self.request_complete else 0
+            per_try = self.tries[0] if self.tries is not None else 0.0
+            extra: _Extra | None = getattr(self, "extra", None)
+            hedging = extra is not None and extra.hedging
+            expected = expected_timeout_ms(to_ms(self.timeout), to_ms(per_try), elapsed, hedging)
+            if expected:
+                for i, (k, _) in enumerate(out):
+                    if k == _EXPECTED:
+                        out[i] = (k, b"%d" % expected)
             vhost = stream.vhost
             if vhost is not None and vhost.include_request_attempt_count:
                 out.append((b"x-envoy-attempt-count", b"%d" % (self.retries_done + 1)))
@@ -589,41 +725,86 @@ class Router(PassThrough):
         self.counted_active = True
         host.pool.acquire(self)
 
-    def _arm_per_try(self) -> None:
+    def _arm_tries(self) -> None:
+        """This attempt's per_try_timeout and per_try_idle_timeout (UpstreamRequest::setupPerTryTimeout)."""
         stream = self.stream
-        assert self.retry is not None and stream is not None
+        assert self.tries is not None and stream is not None
         self._cancel_per_try()
-        self.per_try = stream.rt.loop.call_later(self.retry.per_try_timeout, self._on_per_try_timeout)
+        per_try, idle = self.tries
+        timeouts = stream.rt.timeouts
+        if per_try > 0:
+            self.per_try = timeouts.add(per_try, self._on_per_try_timeout)
+        if idle > 0:
+            extra = self._extra()
+            extra.idle_since = stream.rt.loop.time()
+            extra.try_idle = timeouts.add(idle, self._on_per_try_idle)
 
     def _cancel_per_try(self) -> None:
         if self.per_try is not None:
             self.per_try.cancel()
             self.per_try = None
+        extra: _Extra | None = getattr(self, "extra", None)
+        if extra is not None and extra.try_idle is not None:
+            extra.try_idle.cancel()
+            extra.try_idle = None
 
     def _on_per_try_timeout(self) -> None:
         self.per_try = None
         if self.done or self.cluster is None:
             return
         self.cluster.stats.upstream_rq_per_try_timeout += 1
+        self._per_try_expired()
+
+    def _on_per_try_idle(self) -> None:
+        """The per-try idle timer: act if no response bytes came for per_try_idle_timeout (the
+        downstream connection's `last_io` is refreshed by every upstream read), else look again
+        when that would be."""
+        extra = self._extra()
+        extra.try_idle = None
+        stream = self.stream
+        if self.done or self.cluster is None or stream is None or self.tries is None:
+            return
+        loop = stream.rt.loop
+        down = self.downstream
+        last = extra.idle_since if down is None else max(extra.idle_since, down.last_io)
+        due = last + self.tries[1]
+        if due > loop.time() + 0.0005:
+            extra.try_idle = loop.call_at(due, self._on_per_try_idle)
+            return
+        cs = self.cluster.stats
+        if hasattr(cs, "upstream_rq_per_try_idle_timeout"):
+            cs.upstream_rq_per_try_idle_timeout += 1
+        self._per_try_expired()
+
+    def _per_try_expired(self) -> None:
+        """Filter::onPerTryTimeoutCommon: this attempt is reset and retried like a reset (a timeout
+        retry); out of retries, Envoy answers as for the global timeout (UT)."""
+        assert self.cluster is not None
         host = self.host
+        if host is not None:
+            host.rq_timeout += 1
         if self._maybe_retry(Outcome.TIMEOUT, 0, None, False):
             if self.cluster.detector is not None and host is not None:
                 self.cluster.report(host, LOCAL_ORIGIN_FAILURE)  # (not retried: _on_timeout reports)
             return
-        # Out of retries: Envoy answers as for the global timeout (504, upstream request timeout).
-        self._on_timeout()
+        self._on_timeout(per_try=True)
 
     # -- endings --------------------------------------------------------------------------------
-    def _on_timeout(self) -> None:
-        self.timer = None
+    def _on_timeout(self, per_try: bool = False) -> None:
+        """The route timeout (or, with `per_try`, the last attempt's per-try timeout): 504
+        `upstream request timeout` with UT, a 204 when x-envoy-upstream-rq-timeout-alt-response
+        asked for it, or a reset once the response has started."""
+        if not per_try:
+            self.timer = None
         if self.done:
             return
         stream = self.stream
         assert stream is not None and self.cluster is not None
-        self.cluster.stats.upstream_rq_timeout += 1
         stream.flag("UT")
-        if self.host is not None:
-            self.host.rq_timeout += 1
+        if not per_try:
+            self.cluster.stats.upstream_rq_timeout += 1
+            if self.host is not None:
+                self.host.rq_timeout += 1
         conn = self.conn
         self.conn = None
         if conn is not None:
@@ -633,6 +814,10 @@ class Router(PassThrough):
         if stream.resp_started:
             self._cleanup()
             stream.local_reply(504, None)  # headers already sent: this resets the downstream
+            return
+        extra: _Extra | None = getattr(self, "extra", None)
+        if extra is not None and extra.alt_timeout:
+            self._reply(204, b"")  # Envoy's timeout_response_code_ NoContent: no body
             return
         self._reply(504, local_reply.UPSTREAM_TIMEOUT)
 
@@ -653,11 +838,11 @@ class Router(PassThrough):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.retry is not None:
+        if self.tries is not None:
             self._cancel_per_try()
-            if self.backoff_timer is not None:
-                self.backoff_timer.cancel()
-                self.backoff_timer = None
+        if self.retry is not None and self.backoff_timer is not None:
+            self.backoff_timer.cancel()
+            self.backoff_timer = None
         cluster = self.cluster
         if cluster is not None:
             if self.counted:

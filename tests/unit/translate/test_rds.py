@@ -514,8 +514,6 @@ REFUSALS = [
         "not supported",
     ),
     (one_route({"decorator": {"operation": "op"}}), f"{R}.decorator", "not supported"),
-    # A route's idle_timeout overrides stream_idle_timeout in Envoy; not enforced per route yet.
-    (one_route({"route": {"cluster": "c", "idle_timeout": "30s"}}), f"{R}.route.idle_timeout", "not supported"),
     (
         one_route({"match": {"prefix": "/", "runtime_fraction": {"default_value": {"numerator": 1}}}}),
         f"{R}.match.runtime_fraction",

@@ -171,11 +171,6 @@ def test_hash_policy_translated() -> None:
     ("policy", "path", "reason"),
     [
         (
-            {"cookie": {"name": "s", "ttl": "10s"}},
-            "r.hash_policy[0].cookie.ttl",
-            "field is not supported by sidecar yet",
-        ),
-        (
             {"filter_state": {"key": "k"}},
             "r.hash_policy[0].filter_state",
             "field is not supported by sidecar yet",
