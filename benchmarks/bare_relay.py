@@ -59,6 +59,7 @@ class Downstream(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.up = Upstream(self)
+        self.connecting: asyncio.Task[object] | None = None
         self.waiting = b""
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -66,7 +67,7 @@ class Downstream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         loop = asyncio.get_running_loop()
-        loop.create_task(loop.create_connection(lambda: self.up, LOOPBACK, self.upstream_port))
+        self.connecting = loop.create_task(loop.create_connection(lambda: self.up, LOOPBACK, self.upstream_port))
 
     def data_received(self, data: bytes) -> None:
         self.parser.feed_data(data)
