@@ -346,7 +346,7 @@ class Stream:
             self.request_id = mutate_request_headers(head, cfg, self.conn.peer_ip)
         table = rt.table
         path = head.path
-        sel = table.select(head.authority.decode("latin-1"), path.decode("latin-1"), head) if table else None
+        sel = table.select_cached(head.authority, path, head) if table else None
         if sel is not None:
             self.vhost, self.route = sel
             if rt.route_timers:

@@ -11,7 +11,8 @@ text; there is no second try without the port.  Must not know protobuf or the ac
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from sidecar.model.route import RequestView, RequireTls, Route, RouteMatch, VirtualHost
 from sidecar.routing.matchers import PrefixPathMatcher, ascii_lower
@@ -22,6 +23,8 @@ from sidecar.routing.rewrite import SSL_REDIRECT_ACTION
 SSL_REDIRECT_ROUTE = Route(match=RouteMatch(path=PrefixPathMatcher("")), action=SSL_REDIRECT_ACTION)
 
 _WildcardIndex = tuple[tuple[int, dict[str, VirtualHost]], ...]
+_MISS = object()
+_CACHE_SIZE = 1024
 
 
 def port_start(host: str) -> int:
@@ -49,6 +52,10 @@ class RouteTable:
     prefixes: _WildcardIndex
     default: VirtualHost | None
     ignore_port_in_host_matching: bool = False
+    # True when the choice depends on nothing but (authority, path): no virtual host requires TLS and
+    # no route has header / query parameter / gRPC requirements.  select_cached may then remember it.
+    cacheable: bool = False
+    _cache: dict[tuple[bytes, bytes], Any] = field(default_factory=dict, compare=False)
 
     @classmethod
     def build(
@@ -80,12 +87,20 @@ class RouteTable:
                     )
                     raise DuplicateDomainError(raw, vi, di, reason)
                 index[key] = vhost
+        vhosts = [*exact.values(), *(v for _, i in suffixes.items() for v in i.values())]
+        vhosts += [v for _, i in prefixes.items() for v in i.values()]
+        if default is not None:
+            vhosts.append(default)
+        cacheable = all(
+            v.require_tls is RequireTls.NONE and all(not r.match.requirements for r in v.routes) for v in vhosts
+        )
         return cls(
             exact=exact,
             suffixes=tuple(sorted(suffixes.items(), reverse=True)),
             prefixes=tuple(sorted(prefixes.items(), reverse=True)),
             default=default,
             ignore_port_in_host_matching=ignore_port_in_host_matching,
+            cacheable=cacheable,
         )
 
     def __repr__(self) -> str:
@@ -117,6 +132,25 @@ class RouteTable:
                 if vhost is not None:
                     return vhost
         return self.default
+
+    def select_cached(
+        self, authority: bytes, path: bytes, request: RequestView
+    ) -> tuple[VirtualHost, Route] | None:
+        """`select` for the request path: when the table is `cacheable`, the answer for an
+        (authority, path) pair is remembered (at most _CACHE_SIZE pairs; the table is replaced,
+        cache and all, when the route configuration changes)."""
+        if not self.cacheable:
+            return self.select(authority.decode("latin-1"), path.decode("latin-1"), request)
+        key = (authority, path)
+        cache = self._cache
+        hit = cache.get(key, _MISS)
+        if hit is not _MISS:
+            return hit  # type: ignore[no-any-return]
+        sel = self.select(authority.decode("latin-1"), path.decode("latin-1"), request)
+        if len(cache) >= _CACHE_SIZE:
+            cache.clear()  # paths with ids or queries: start over rather than track recency
+        cache[key] = sel
+        return sel
 
     def select(self, authority: str, path: str, request: RequestView) -> tuple[VirtualHost, Route] | None:
         """The virtual host and the first of its routes whose path and requirements all match."""

@@ -188,3 +188,38 @@ def test_repr_lists_domains() -> None:
     assert repr(RouteTable.build(VHOSTS)) == (
         "RouteTable(['foo.com:8080', 'foo.com', '*-bar.com', '*.com', 'bar.*', '*'])"
     )
+
+
+@given(
+    routes=st.lists(
+        st.tuples(st.sampled_from(["", "/", "/a", "/a/b", "/b"]), st.sampled_from([None, "x-1"])),
+        min_size=1,
+        max_size=5,
+    ),
+    calls=st.lists(
+        st.tuples(
+            st.sampled_from(sorted(AUTHORITIES)),
+            st.sampled_from(["/", "/a", "/a/b/c", "/b?a", "/c"]),
+            st.sets(st.sampled_from(["x-1"])),
+        ),
+        max_size=12,
+    ),
+)
+def test_select_cached_answers_as_select(
+    routes: list[tuple[str, str | None]], calls: list[tuple[str, str, set[str]]]
+) -> None:
+    # Repeated (authority, path) pairs, headers varying: the cache may only answer when no route
+    # reads a header, and then must answer exactly what select does.
+    built = tuple(_route(str(i), p, h) for i, (p, h) in enumerate(routes))
+    table = RouteTable.build([*VHOSTS[:-1], VirtualHost("v", ("*",), built)])
+    assert table.cacheable == all(h is None for _, h in routes)
+    for authority, path, headers in calls * 2:
+        req = Req(dict.fromkeys(headers, "1"))
+        assert table.select_cached(authority.encode(), path.encode(), req) == table.select(authority, path, req)
+
+
+def test_require_tls_tables_are_not_cached() -> None:
+    table = RouteTable.build([vhost("tls", "*", tls=RequireTls.ALL)])
+    assert not table.cacheable
+    plain = Req({})
+    assert table.select_cached(b"x", b"/", plain) == table.select("x", "/", plain)
