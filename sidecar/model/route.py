@@ -266,6 +266,10 @@ class VirtualHost:
 class RouteSelector(Protocol):
     def select(self, authority: str, path: str, request: RequestView) -> tuple[VirtualHost, Route] | None: ...
 
+    def select_cached(
+        self, authority: bytes, path: bytes, request: RequestView
+    ) -> tuple[VirtualHost, Route] | None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class InternalAddressConfig:
