@@ -17,16 +17,19 @@ import yaml
 LOOPBACK = "127.0.0.1"
 
 # Scenario names, in the order they run and appear in the report.
-SCENARIOS = ("l7", "l7-policy", "l4")
+SCENARIOS = ("l7", "l7-policy", "l4", "mtls")
 SCENARIO_TITLES = {
     "l7": 'L7: http_connection_manager, route prefix "/" -> STATIC cluster, router',
     "l7-policy": "L7 with traffic policy: retry_policy (5xx, 2 retries), fault filter at 0%, LEAST_REQUEST",
     "l4": "L4: tcp_proxy -> STATIC cluster",
+    "mtls": "mTLS between two proxies of the same kind (client side -> server side -> upstream), Istio-style "
+    "SPIFFE certificates; CPU and memory are the pair's",
 }
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 _FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
 _TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 
 
@@ -203,3 +206,67 @@ def direct_response_bootstrap(ports: ProxyPorts, body: bytes) -> dict[str, Any]:
 def write_yaml(path: Path, doc: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+def _tls_common(cert: Path, key: Path, root: Path, peer_san: str) -> dict[str, Any]:
+    return {
+        "tls_certificates": [{"certificate_chain": {"filename": str(cert)}, "private_key": {"filename": str(key)}}],
+        "validation_context": {
+            "trusted_ca": {"filename": str(root)},
+            "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": peer_san}}],
+        },
+        "alpn_protocols": ["istio-http/1.1", "istio", "http/1.1"],
+    }
+
+
+def mtls_bootstraps(
+    client: ProxyPorts, server: ProxyPorts, upstream_port: int, certs: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The "mtls" scenario: a client-side proxy (plain HTTP in, mTLS out, as an Istio sidecar's
+    outbound) and a server-side proxy (mTLS in with a required client certificate and a SAN check,
+    plain HTTP to the upstream, as an Istio sidecar's inbound).  `certs` is benchmarks.certs.BenchCerts."""
+    from benchmarks.certs import spiffe
+
+    upstream_tls = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": f"{_TLS}.UpstreamTlsContext",
+            "sni": "outbound_.80_._.server.bench.svc.cluster.local",
+            "common_tls_context": _tls_common(certs.client_cert, certs.client_key, certs.root, spiffe("server")),
+        },
+    }
+    to_server = _static_cluster(server.listener)
+    to_server["name"] = "outbound|80||server.bench"
+    to_server["load_assignment"]["cluster_name"] = to_server["name"]
+    to_server["transport_socket"] = upstream_tls
+    client_hcm = _hcm_filter({"match": {"prefix": "/"}, "route": {"cluster": to_server["name"]}})
+    client_doc = {
+        "admin": {"address": _socket_address(client.admin)},
+        "static_resources": {
+            "listeners": [
+                {"name": "bench_mtls_out", "address": _socket_address(client.listener),
+                 "filter_chains": [{"filters": [client_hcm]}]}
+            ],
+            "clusters": [to_server],
+        },
+    }
+    downstream_tls = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": f"{_TLS}.DownstreamTlsContext",
+            "require_client_certificate": True,
+            "common_tls_context": _tls_common(certs.server_cert, certs.server_key, certs.root, spiffe("client")),
+        },
+    }
+    server_hcm = _hcm_filter({"match": {"prefix": "/"}, "route": {"cluster": "upstream"}})
+    server_doc = {
+        "admin": {"address": _socket_address(server.admin)},
+        "static_resources": {
+            "listeners": [
+                {"name": "bench_mtls_in", "address": _socket_address(server.listener),
+                 "filter_chains": [{"filters": [server_hcm], "transport_socket": downstream_tls}]}
+            ],
+            "clusters": [_static_cluster(upstream_port)],
+        },
+    }
+    return client_doc, server_doc

@@ -142,16 +142,18 @@ def start_proxies(
     instances = []
     for i, kind in enumerate(args.proxies):
         label = kind if kind not in args.proxies[:i] else f"{kind}#{args.proxies[: i + 1].count(kind)}"
-        listener, admin = configs.free_ports(2)
-        path = configs.write_yaml(
-            work / f"{scenario}-{i}-{kind}.yaml",
-            configs.bootstrap(scenario, configs.ProxyPorts(listener, admin), upstream_port),
-        )
+        if scenario == "mtls":
+            listener, argv = _mtls_pair(kind, tools, work, i, upstream_port)
+        else:
+            listener, admin = configs.free_ports(2)
+            path = configs.write_yaml(
+                work / f"{scenario}-{i}-{kind}.yaml",
+                configs.bootstrap(scenario, configs.ProxyPorts(listener, admin), upstream_port),
+            )
+            argv = proxy_argv(kind, tools, path)
         inst = Instance(kind, label, scenario, listener)
         try:
-            inst.child = kids.spawn(
-                label, proxy_argv(kind, tools, path), cpu, work / f"{scenario}-{i}-{kind}.log"
-            )
+            inst.child = kids.spawn(label, argv, cpu, work / f"{scenario}-{i}-{kind}.log")
         except OSError as e:
             inst.fail(f"could not start {label}: {e}")
         instances.append(inst)
@@ -165,6 +167,23 @@ def start_proxies(
         if inst.child is not None and inst.failure is None:
             inst.idle_rss, inst.idle_pss = tree_rss_bytes(inst.child.pid), tree_pss_bytes(inst.child.pid)
     return instances
+
+
+def _mtls_pair(kind: str, tools: dict[str, Any], work: Path, i: int, upstream_port: int) -> tuple[int, list[str]]:
+    """The "mtls" scenario's two proxies of `kind`, launched as one tree by benchmarks/pair.py (so the
+    harness pins, measures and stops them together).  Every pair reads the same certificates."""
+    from benchmarks import certs
+
+    bench_certs = certs.make(work / "certs")  # made once per run: both pairs use the same files
+    c_listener, c_admin, s_listener, s_admin = configs.free_ports(4)
+    client_doc, server_doc = configs.mtls_bootstraps(
+        configs.ProxyPorts(c_listener, c_admin), configs.ProxyPorts(s_listener, s_admin), upstream_port, bench_certs
+    )
+    client = configs.write_yaml(work / f"mtls-{i}-{kind}-client.yaml", client_doc)
+    server = configs.write_yaml(work / f"mtls-{i}-{kind}-server.yaml", server_doc)
+    argv = [sys.executable, "-m", "benchmarks.pair", "--", *proxy_argv(kind, tools, client), "--",
+            *proxy_argv(kind, tools, server)]
+    return c_listener, argv
 
 
 # ---- measuring -------------------------------------------------------------------------------------------

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 from sidecar.cli import Options
 from sidecar.model.snapshot import Snapshot
-from sidecar.translate.bootstrap import load_bootstrap, translate_bootstrap
+from sidecar.translate.bootstrap import load_bootstrap, translate_bootstrap, translate_dynamic
 from sidecar.translate.errors import ConfigError
 
 log = logging.getLogger("sidecar")
@@ -23,10 +24,16 @@ def load_snapshot(opts: Options) -> Snapshot:
     return translate_bootstrap(pb, opts)
 
 
+def load_config(opts: Options) -> tuple[Snapshot, Any]:
+    """The static Snapshot and, with dynamic_resources, (xds.config.DynamicResources, node proto)."""
+    pb = load_bootstrap(opts.config_path or None, opts.config_yaml or None, opts.allow_unknown_static_fields)
+    return translate_bootstrap(pb, opts), translate_dynamic(pb, opts)
+
+
 def mk_sidecar(opts: Options, argv: list[str]) -> int:
     """Validate or serve; returns the process exit code."""
     try:
-        snapshot = load_snapshot(opts)
+        snapshot, xds = load_config(opts)
     except ConfigError as exc:
         # Envoy: "error initializing configuration '<path>': <reason>" and exit 1.
         print(f"error initializing configuration '{opts.config_path}': {exc}", file=sys.stderr)
@@ -36,4 +43,4 @@ def mk_sidecar(opts: Options, argv: list[str]) -> int:
         return 0
     from sidecar.runtime import Server
 
-    return Server(opts, snapshot, argv).run()
+    return Server(opts, snapshot, argv, xds=xds).run()

@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import uvloop
 
@@ -28,6 +29,7 @@ from sidecar.listener.manager import ListenerManager, make_socket
 from sidecar.model.listener import Listener
 from sidecar.model.snapshot import Snapshot
 from sidecar.observe.stats import Stats
+from sidecar.tls.wiring import wiring_for
 from sidecar.upstream.cluster_manager import ClusterManager
 
 log = logging.getLogger("sidecar")
@@ -65,12 +67,26 @@ def setup_logging(opts: Options) -> None:
 class Server:
     """One sidecar process tree.  Implements admin.context.AdminContext for the admin server."""
 
-    def __init__(self, opts: Options, snapshot: Snapshot, argv: list[str]) -> None:
+    def __init__(self, opts: Options, snapshot: Snapshot, argv: list[str], xds: Any = None) -> None:
         self.opts = opts
+        # (xds.config.DynamicResources, node proto) with dynamic_resources: the main process runs the
+        # xDS client (xds/driver.py) and relays each accepted response to the workers over a pipe.
+        self._xds = xds
+        self._driver: Any = None
+        self._dynamic: Any = None
+        self._pipes: list[tuple[int, int]] = []
         self._snapshot = snapshot
         self.argv = argv
         self._concurrency = max(1, opts.concurrency)
-        self._stats = Stats(workers=self._concurrency)
+        # With xDS, stats are made after the workers fork (shared slot table), and there may be many
+        # clusters: room for 10,000 with their ~40 stats each.
+        self._stats = (
+            # Shared names with several workers: TLS stats (ssl.ciphers.*, ssl.versions.* ...) are made
+            # at each worker's first handshakes, in no fixed order across workers.
+            Stats(workers=self._concurrency, shared_names=self._concurrency > 1)
+            if xds is None
+            else Stats(workers=self._concurrency, max_slots=1 << 20, shared_names=self._concurrency > 1)
+        )
         self._start = time.time()
         self._state = "INITIALIZING"
         self._healthy = True
@@ -111,11 +127,18 @@ class Server:
         except OSError as exc:
             print(f"error: cannot bind listener: {exc}", file=sys.stderr)
             return 1
+        if self._xds is not None:
+            # Made before fork: worker w reads pipe w-1, the main process writes every one.
+            self._pipes = [os.pipe() for _ in range(1, self._concurrency)]
         for w in range(1, self._concurrency):
             pid = os.fork()
             if pid == 0:
                 code = 1
                 try:
+                    for i, (r, wr) in enumerate(self._pipes):
+                        os.close(wr)
+                        if i != w - 1:
+                            os.close(r)
                     for i, socks in enumerate(sockets):
                         if i != w:
                             for _, s in socks:
@@ -125,6 +148,8 @@ class Server:
                 finally:
                     os._exit(code)
             self.children.append(pid)
+        for r, _ in self._pipes:
+            os.close(r)
         for socks in sockets[1:]:
             for _, s in socks:
                 s.close()
@@ -156,12 +181,15 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         self._tick_date()
+        # TLS: static secrets into this worker's SecretStore (certificate files polled from here on).
+        wiring_for(loop, self._stats).prepare(self._snapshot.secrets, self._snapshot.clusters.values())
         cm = self.clusters = ClusterManager(self._stats, loop)
         cm.update(self._snapshot.clusters)
         await cm.initialize()
         lm = self.listeners = ListenerManager(loop, cm, self._stats)
         # bind_to_port: false listeners have no socket; they are registered for hand-off.
         await lm.start(sockets, unbound=[lst for lst in self._snapshot.listeners if not lst.bind_to_port])
+        feed = await self._start_dynamic(worker, cm, lm)
         if worker != 0:
             # The main process relays /drain_listeners to the workers as SIGUSR2.
             loop.add_signal_handler(signal.SIGUSR2, self._drain_worker)
@@ -176,6 +204,15 @@ class Server:
                     await admin.start_unix(admin_addr.pipe)
                 else:
                     await admin.start(admin_addr.host, admin_addr.port)
+        if self._driver is not None:
+            await self._driver.start()
+            # Envoy stays INITIALIZING until its init manager is done: CDS warm, then LDS and RDS
+            # (each bounded by its initial_fetch_timeout).
+            ready = asyncio.ensure_future(self._driver.ready.wait())
+            stop = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait((ready, stop), return_when=asyncio.FIRST_COMPLETED)
+            for t in (ready, stop):
+                t.cancel()
         self._workers_started = True
         self._stats.gauge("listener_manager.workers_started").set(1)
         self._state = "LIVE"
@@ -188,6 +225,10 @@ class Server:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+        if self._driver is not None:
+            await self._driver.stop()
+        if feed is not None:
+            feed.stop()
         lm.stop_accepting()
         lm.drain_connections()
         drained = await lm.wait_drained(loop.time() + self.opts.drain_time_s)
@@ -197,6 +238,41 @@ class Server:
             await admin.close()
         cm.close()
         return 0
+
+    async def _start_dynamic(self, worker: int, cm: ClusterManager, lm: ListenerManager) -> Any:
+        """With dynamic_resources: this worker's DynamicConfig, fed by the xDS client (worker 0, the
+        main process) or by the relay pipe (other workers; returns their WorkerFeed)."""
+        if self._xds is None:
+            return None
+        from sidecar.xds.apply import DynamicConfig
+        from sidecar.xds.driver import Relay, WorkerFeed, XdsDriver
+
+        snap = self._snapshot
+        config = self._dynamic = DynamicConfig(
+            snap.clusters, snap.listeners, cm, lm, make_socket, self.opts.drain_time_s
+        )
+        loop = asyncio.get_running_loop()
+        if worker != 0:
+            feed = WorkerFeed(self._pipes[worker - 1][0], config)
+            feed.start(loop)
+            return feed
+        relay = None
+        if self._pipes:
+            relay = Relay([wr for _, wr in self._pipes])
+            relay.start(loop)
+        dynamic, node = self._xds
+        self._driver = XdsDriver(dynamic, node, config, self._grpc_target, self._stats, relay)
+        return None
+
+    def _grpc_target(self, cluster: str) -> str:
+        """An envoy_grpc cluster (a static one, as Envoy requires) as a gRPC target."""
+        from sidecar.xds.config import grpc_target_for
+
+        cfg = self._snapshot.clusters.get(cluster)
+        if cfg is None or not cfg.endpoints:
+            raise ValueError(f"envoy_grpc cluster '{cluster}' is not a static cluster with an endpoint")
+        a = cfg.endpoints[0].address
+        return grpc_target_for(a.host, a.port, a.pipe)
 
     def _drain_worker(self) -> None:
         if self.listeners is not None:
@@ -277,7 +353,20 @@ class Server:
         return self.listeners.addresses() if self.listeners is not None else []
 
     def xds_resources(self, type_url: str) -> Sequence[XdsResource]:
-        return []
+        if self._dynamic is None:
+            return []
+        from google.protobuf import json_format
+
+        return [
+            XdsResource(
+                name=name,
+                version_info=acc.version_info,
+                last_updated=acc.last_updated,
+                resource=json_format.MessageToDict(acc.proto, preserving_proto_field_name=True),
+                warming=warming,
+            )
+            for name, acc, warming in self._dynamic.resources(type_url)
+        ]
 
     def loggers(self) -> Mapping[str, str]:
         out = {}

@@ -23,6 +23,7 @@ from sidecar.http.edge import (
 )
 from sidecar.http.events import Headers, RequestHead
 from sidecar.http.filters.base import STOP
+from sidecar.http.filters.registry import active_filters
 from sidecar.http.timeouts import Timeouts, format_grpc_timeout, grpc_timeout_ms, ms, stream_duration_ms
 from sidecar.model.listener import (
     HeadersWithUnderscoresAction,
@@ -166,6 +167,7 @@ class HcmRuntime:
     """Everything a connection of one HCM needs, built off the hot path."""
 
     __slots__ = (
+        "all_factories",
         "buffer_limit",
         "cfg",
         "cluster_manager",
@@ -217,7 +219,10 @@ class HcmRuntime:
         # None when headers with underscores are simply allowed (the default): one test per header.
         u = cfg.headers_with_underscores_action
         self.underscores = None if u is HeadersWithUnderscoresAction.ALLOW else u
-        self.filter_factories = filter_factories
+        # Every configured filter's factory, and those the current route configuration needs
+        # (http/filters/registry.active_filters: a 0% fault filter no route uses is left out).
+        self.all_factories = filter_factories
+        self.filter_factories = active_filters(filter_factories, cfg.route_config)
         self.buffer_limit = buffer_limit
         self.timeouts = timeouts if timeouts is not None else Timeouts(loop)
         self.via = cfg.via.encode()
@@ -250,6 +255,33 @@ class HcmRuntime:
             or any(not r.mutations.empty or _weights_mutate(r) for r in vh.routes)
             for vh in rc.virtual_hosts
         )
+
+    def use_route_config(self, cfg: HttpConnectionManager, filter_factories: tuple[Any, ...]) -> None:
+        """RDS: serve `cfg` (this runtime's config with a new route_config) to the streams that start
+        from now on.  Called between events on the loop, so a request head sees one version; a
+        stream keeps the Route it selected (Envoy's snapped route config)."""
+        routes = HcmRuntime(
+            cfg, self.cluster_manager, _NoStats(), self.loop, filter_factories, 0, self.timeouts  # type: ignore[arg-type]
+        )
+        for name in _ROUTE_DERIVED:
+            setattr(self, name, getattr(routes, name))
+        self.cfg = cfg
+        self.all_factories = filter_factories
+        self.filter_factories = routes.filter_factories  # remade for the new routes (active_filters)
+
+
+# What use_route_config takes from a runtime built for the new route config.
+_ROUTE_DERIVED = (
+    "route_config", "table", "route_idle", "route_duration", "route_timers", "stream_timers",
+    "internal_only", "trusting", "has_mutations",
+)
+
+
+class _NoStats:
+    """A Stats stand-in for the throwaway runtime of use_route_config (HcmStats only calls block)."""
+
+    def block(self, *args: Any, **kwargs: Any) -> None:
+        pass
 
 
 class Stream:

@@ -79,9 +79,11 @@ class Http1ServerConnection(asyncio.Protocol):
         "parser",
         "parsing",
         "peer_addr",
+        "peer_identity",
         "peer_ip",
         "queue",
         "read_paused",
+        "requested_server_name",
         "rt",
         "stop_after",
         "timers",
@@ -100,6 +102,10 @@ class Http1ServerConnection(asyncio.Protocol):
         self.closed = False
         self.corked: list[bytes] | None = None
         self.draining = False
+        # Set by the TLS accept path (listener/accept.py) for RBAC and logs: the peer certificate's
+        # identity (sidecar.tls.identity.PeerIdentity) and the SNI the client asked for.
+        self.peer_identity: object = None
+        self.requested_server_name: str | None = None
         self.read_paused = False
         self.write_paused = False
         self.idle_timer: asyncio.TimerHandle | None = None
@@ -346,6 +352,8 @@ class Http1ServerConnection(asyncio.Protocol):
                 raise _CodecError(400, local_reply.BAD_REQUEST)
         method = p.get_method()
         head = RequestHead(method, url, version.encode(), self._headers, self._authority, p.should_keep_alive())
+        if self.requested_server_name is not None:
+            head.scheme = b"https"  # a TLS connection (listener/accept.py set the SNI, maybe "")
         if self._upgrade and p.should_upgrade() and method != b"CONNECT":
             if self._upgrade.lower() == b"h2c":
                 # RFC 9113 section 3.1: h2c upgrade is optional; Envoy ignores it and serves HTTP/1.1.

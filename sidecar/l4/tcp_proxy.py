@@ -11,13 +11,17 @@ connection is closed as Envoy does).  upstream_bind_config binds the upstream so
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+import ssl
 from typing import TYPE_CHECKING, Any, cast
 
 from sidecar.model.listener import TcpProxy
 from sidecar.model.route import ClusterWeight
 from sidecar.observe.stats import Stats
 from sidecar.routing import weighted
+from sidecar.tls.wiring import log as tls_log
+from sidecar.tls.wiring import upstream_tls
 from sidecar.upstream.original_dst import source_address
 
 if TYPE_CHECKING:
@@ -57,7 +61,14 @@ class TcpProxyRuntime:
 
     __slots__ = ("buffer_limit", "cfg", "cluster_manager", "loop", "stats", "weights")
 
-    def __init__(self, cfg: TcpProxy, cm: ClusterManager, stats: Stats, loop: asyncio.AbstractEventLoop, buffer_limit: int) -> None:
+    def __init__(
+        self,
+        cfg: TcpProxy,
+        cm: ClusterManager,
+        stats: Stats,
+        loop: asyncio.AbstractEventLoop,
+        buffer_limit: int,
+    ) -> None:
         self.cfg = cfg
         self.cluster_manager = cm
         self.stats = TcpProxyStats(stats, cfg.stat_prefix)
@@ -108,6 +119,8 @@ class TcpProxyConnection(asyncio.Protocol):
         "last",
         "original_dst",
         "owner",
+        "peer_identity",
+        "requested_server_name",
         "rt",
         "transport",
         "up",
@@ -131,6 +144,9 @@ class TcpProxyConnection(asyncio.Protocol):
         self.draining = False
         # The restored original destination (listener/manager.py), for ORIGINAL_DST clusters.
         self.original_dst: SocketAddress | None = None
+        # Set by the TLS accept path (listener/accept.py): the peer's identity and the SNI.
+        self.peer_identity: object = None
+        self.requested_server_name: str | None = None
 
     # -- downstream ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -168,14 +184,33 @@ class TcpProxyConnection(asyncio.Protocol):
         addr = host.address
         up = _Upstream(self)
         timeout = cluster.config.connect_timeout or None
+        tls = None
         try:
+            # The cluster's transport_socket (or the transport_socket_matches entry for this host).
+            tls = upstream_tls(host, rt.loop)
+            ctx = tls.ssl_context if tls is not None else None
+            sni = tls.server_hostname if tls is not None else None
             if addr.pipe:
-                coro = rt.loop.create_unix_connection(lambda: up, addr.pipe)
+                coro = rt.loop.create_unix_connection(lambda: up, addr.pipe, ssl=ctx, server_hostname=sni)
             else:
                 local = source_address(cluster.config, addr)
-                coro = rt.loop.create_connection(lambda: up, addr.host, addr.port, local_addr=local)
+                coro = rt.loop.create_connection(
+                    lambda: up, addr.host, addr.port, local_addr=local, ssl=ctx, server_hostname=sni
+                )
             await asyncio.wait_for(coro, timeout)
-        except (TimeoutError, OSError):
+            if tls is not None:
+                verdict = tls.on_handshake(up.transport.get_extra_info("ssl_object"))  # type: ignore[union-attr]
+                if not verdict.ok:
+                    if tls_log.isEnabledFor(logging.DEBUG):
+                        tls_log.debug("upstream %s: TLS peer refused: %s", addr, verdict.reason)
+                    assert up.transport is not None
+                    up.transport.abort()
+                    raise ConnectionRefusedError(verdict.reason)
+        except (TimeoutError, OSError) as exc:
+            if tls is not None and isinstance(exc, ssl.SSLError):
+                reason = tls.on_handshake_error(exc)
+                if tls_log.isEnabledFor(logging.DEBUG):
+                    tls_log.debug("upstream %s: TLS handshake failed: %s", addr, reason)
             cluster.stats.upstream_cx_connect_fail += 1
             host.cx_connect_fail += 1
             self.close()

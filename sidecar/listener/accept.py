@@ -41,17 +41,24 @@ from sidecar.listener.sniff import (
     parse_client_hello,
 )
 from sidecar.model.endpoint import SocketAddress
-from sidecar.model.listener import ListenerFilter, ListenerFilterKind
+from sidecar.model.listener import FilterChain, ListenerFilter, ListenerFilterKind
 from sidecar.observe.stats import Stats
+from sidecar.tls.handshake import ServerTls
+from sidecar.tls.wiring import TlsWiring, wiring_for
 
 if TYPE_CHECKING:
     from sidecar.listener.manager import ActiveListener, ListenerManager
 
 log = logging.getLogger("sidecar.listener")
+# Per-connection TLS outcomes, at debug level as Envoy's "connection" component logs them.
+conn_log = logging.getLogger("sidecar.connection")
 
 _ORIGINAL_DST = ListenerFilter("envoy.filters.listener.original_dst", ListenerFilterKind.ORIGINAL_DST)
 _ACCEPT_BATCH = 64  # sockets accepted per readiness event (max_connections_to_accept_per_socket_event)
 _WAIT, _NEXT, _CLOSE = range(3)
+# The TLS handshake's bound when the chain sets no transport_socket_connect_timeout (Envoy has
+# none; asyncio's default is 60 s).
+HANDSHAKE_TIMEOUT = 60.0
 
 
 def address_key(ip: str, port: int) -> tuple[str, str]:
@@ -126,7 +133,7 @@ class _Socket:
 
 
 class Acceptor:
-    __slots__ = ("_local_cache", "loop", "manager", "pending", "stats", "tasks")
+    __slots__ = ("_local_cache", "loop", "manager", "pending", "stats", "tasks", "tls")
 
     def __init__(self, manager: ListenerManager, loop: asyncio.AbstractEventLoop, stats: Stats) -> None:
         self.manager = manager
@@ -135,10 +142,18 @@ class Acceptor:
         self.pending: set[_Socket] = set()
         self.tasks: set[asyncio.Future[Any]] = set()
         self._local_cache: dict[str, bool] = {}
+        # TLS filter chains' providers and the certificate-file polling of this worker.
+        self.tls: TlsWiring = wiring_for(loop, stats)
 
     # -- accepting ---------------------------------------------------------------------------------------
     def listen(self, al: ActiveListener) -> None:
         assert al.sock is not None
+        # TLS chains get their providers now: their ssl.* stats exist from the start and a secret
+        # that cannot be read is reported at once, not at the first connection.
+        cfg = al.config
+        for chain in (*cfg.filter_chains, cfg.default_filter_chain):
+            if chain is not None and chain.transport_socket is not None:
+                self.tls.server_provider(chain, cfg)
         self.loop.add_reader(al.sock.fileno(), self._accept, al)
 
     def unlisten(self, al: ActiveListener) -> None:
@@ -146,6 +161,11 @@ class Acceptor:
         if sock is not None and sock.fileno() >= 0:
             self.loop.remove_reader(sock.fileno())
             sock.close()
+        # Open connections keep the contexts they were accepted with; the providers can go.
+        cfg = al.config
+        self.tls.forget_chains(
+            tuple(c for c in (*cfg.filter_chains, cfg.default_filter_chain) if c is not None)
+        )
 
     def _accept(self, al: ActiveListener) -> None:
         assert al.sock is not None
@@ -255,7 +275,13 @@ class Acceptor:
         if proto is NOT_HTTP or not isinstance(proto, str):
             st.http_not_found.inc()
             return _NEXT
-        (st.http11_found if proto == "http/1.1" else st.http10_found if proto == "http/1.0" else st.http2_found).inc()
+        (
+            st.http11_found
+            if proto == "http/1.1"
+            else st.http10_found
+            if proto == "http/1.0"
+            else st.http2_found
+        ).inc()
         ps.alpn = (proto,)
         return _NEXT
 
@@ -376,9 +402,52 @@ class Acceptor:
         if self.manager.draining:
             proto.draining = True  # type: ignore[attr-defined]
         sock = ps.sock
+        if chain.transport_socket is not None:
+            self._start_tls(ps, chain, proto)
+            return
         fut = asyncio.ensure_future(self.loop.connect_accepted_socket(lambda: proto, sock))
         self.tasks.add(fut)
         fut.add_done_callback(lambda f: self._started(f, sock))
+
+    def _start_tls(self, ps: _Socket, chain: FilterChain, proto: asyncio.Protocol) -> None:
+        """Step 5 for a TLS chain (envoy.transport_sockets.tls): the untouched socket goes to the
+        loop with the chain's SSL context of *now* (a rotation applies to the next handshake);
+        `_TlsGate` judges the peer the moment the handshake completes, before the chain's protocol
+        sees a byte."""
+        al = ps.al
+        provider = self.tls.server_provider(chain, al.config)
+        tls = provider.server if provider is not None else None
+        sock = ps.sock
+        if tls is None:
+            # Still warming (an SDS secret has not arrived) or never built: Envoy would not have
+            # the listener up yet; refuse rather than serve plaintext.
+            if conn_log.isEnabledFor(logging.DEBUG):
+                conn_log.debug(
+                    "listener %s: TLS not ready, closing: %s", al.config.name, provider and provider.error
+                )
+            sock.close()
+            return
+        gate = _TlsGate(proto, tls, ps.server_name, al.config.name)
+        timeout = chain.transport_socket_connect_timeout or HANDSHAKE_TIMEOUT
+        fut = asyncio.ensure_future(
+            self.loop.connect_accepted_socket(
+                lambda: gate, sock, ssl=tls.ssl_context, ssl_handshake_timeout=timeout
+            )
+        )
+        self.tasks.add(fut)
+        fut.add_done_callback(lambda f: self._tls_started(f, sock, gate))
+
+    def _tls_started(self, fut: asyncio.Future[Any], sock: socket.socket, gate: _TlsGate) -> None:
+        self.tasks.discard(fut)
+        if fut.cancelled():
+            sock.close()
+            return
+        exc = fut.exception()
+        if exc is not None:
+            reason = gate.tls.on_handshake_error(exc)
+            if conn_log.isEnabledFor(logging.DEBUG):
+                conn_log.debug("listener %s: TLS handshake failed: %s", gate.listener, reason)
+            sock.close()
 
     def _started(self, fut: asyncio.Future[Any], sock: socket.socket) -> None:
         self.tasks.discard(fut)
@@ -420,6 +489,45 @@ class Acceptor:
     def close_pending(self) -> None:
         for ps in list(self.pending):
             self._close(ps)
+
+
+class _TlsGate(asyncio.Protocol):
+    """The protocol the loop's SSL transport first reports to.  At connection_made the handshake
+    is done: the peer is judged (SAN matchers, pins: ServerTls.on_handshake) and refused with a
+    close, or the peer identity and SNI are put on the chain's connection (RBAC reads
+    `peer_identity` and `requested_server_name`) and the transport is handed to it."""
+
+    __slots__ = ("inner", "listener", "server_name", "tls")
+
+    def __init__(self, inner: asyncio.Protocol, tls: ServerTls, server_name: str, listener: str) -> None:
+        self.inner = inner
+        self.tls = tls
+        self.server_name = server_name
+        self.listener = listener
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        verdict = self.tls.on_handshake(transport.get_extra_info("ssl_object"))
+        if not verdict.ok:
+            if conn_log.isEnabledFor(logging.DEBUG):
+                conn_log.debug("listener %s: TLS peer refused: %s", self.listener, verdict.reason)
+            transport.close()
+            return
+        inner = self.inner
+        # network RBAC (l4/rbac.py RbacGuard) wraps the terminal protocol: both get the names.
+        conns: tuple[Any, ...] = (inner, getattr(inner, "inner", None))
+        for conn in conns:
+            if conn is None:
+                continue
+            try:
+                conn.peer_identity = verdict.peer
+                conn.requested_server_name = self.server_name
+            except AttributeError:
+                pass
+        transport.set_protocol(inner)
+        inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass  # refused before the hand-over (after it, the inner protocol gets this)
 
 
 def _addr(name: object) -> SocketAddress:

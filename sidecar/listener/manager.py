@@ -12,11 +12,16 @@ Two accept paths:
 Listeners with `bind_to_port: false` have no socket: they are only registered for hand-off, by
 `ip:port` and, for wildcard addresses, by `0.0.0.0:port` / `[::]:port` (Envoy's
 getBalancedHandlerByAddress).  A chain's runtime (HcmRuntime / TcpProxyRuntime) is made here once
-per listener config, so a connection keeps the config it was accepted with."""
+per listener config, so a connection keeps the config it was accepted with.
+
+Under xDS (xds/apply.py): `serve` adds a listener, `retire` stops one and drains its connections
+for the drain time, and `set_route_configs` swaps an RDS route configuration into the connection
+managers that name it (HcmRuntime.use_route_config: streams starting afterwards use it)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import socket
 from collections.abc import Callable, Iterable
@@ -33,6 +38,7 @@ from sidecar.listener.original_dst import set_capture_options
 from sidecar.model.endpoint import SocketAddress
 from sidecar.model.listener import FilterChain, HttpConnectionManager, Listener, TcpProxy
 from sidecar.model.rbac import NetworkRbac
+from sidecar.model.route import RouteConfiguration
 from sidecar.observe.stats import Counter, Stats
 from sidecar.upstream.cluster_manager import ClusterManager
 
@@ -109,6 +115,7 @@ class ActiveListener:
         "factory",
         "filter_error",
         "fixed",
+        "hcms",
         "inspect",
         "no_chain",
         "pre_cx_active",
@@ -136,6 +143,8 @@ class ActiveListener:
         self.inspect = False  # accepted through accept.py (else the loop's server, or not bound)
         self.fixed = config.single_chain  # every connection gets config.chain()
         self.stopped = False
+        # The HcmRuntimes of chains whose routes come from RDS (set_route_configs swaps their routes).
+        self.hcms: list[HcmRuntime] = []
         p = f"listener.{stat_address(config)}."
         self.cx_total = stats.counter(p + "downstream_cx_total")
         self.no_chain = stats.counter(p + "no_filter_chain_match")
@@ -158,9 +167,15 @@ class ListenerManager:
         # (host, port) of the bound listeners that restore original destinations (accept.py's loop check).
         self.captures: list[tuple[str, int]] = []
         self.acceptor = Acceptor(self, loop, stats)
+        # RDS: the RouteConfigurations by name, and listeners replaced or removed by LDS that are
+        # draining their connections (xds/apply.py drives both).
+        self.route_configs: dict[str, RouteConfiguration] = {}
+        self.retired: list[ActiveListener] = []
 
     # -- chain runtimes ------------------------------------------------------------------------------
-    def _chain_factory(self, listener: Listener, chain: FilterChain, conns: _Connections) -> ChainFactory | None:
+    def _chain_factory(
+        self, listener: Listener, chain: FilterChain, conns: _Connections, hcms: list[HcmRuntime] | None = None
+    ) -> ChainFactory | None:
         if not chain.filters:
             return None  # Envoy: "closing connection: no filters"
         terminal = chain.filters[-1]
@@ -168,8 +183,13 @@ class ListenerManager:
         # envoy.filters.network.rbac before the terminal filter: checked when bytes arrive.
         rbacs = [NetworkRbacRuntime(f, self.stats) for f in chain.filters[:-1] if isinstance(f, NetworkRbac)]
         if isinstance(terminal, HttpConnectionManager):
+            if terminal.rds_name:
+                rc = self.route_configs.get(terminal.rds_name)
+                terminal = terminal if rc is None else dataclasses.replace(terminal, route_config=rc)
             factories = filter_factories(terminal, self.stats)  # http_filters, router last
             rt = HcmRuntime(terminal, self.cm, self.stats, self.loop, factories, limit, self.timeouts)
+            if terminal.rds_name and hcms is not None:
+                hcms.append(rt)
 
             def http(dst: SocketAddress | None) -> asyncio.Protocol:
                 if dst is None:
@@ -193,7 +213,7 @@ class ListenerManager:
         al.conns = conns
         for chain in (*cfg.filter_chains, cfg.default_filter_chain):
             if chain is not None and id(chain) not in al.chains:
-                al.chains[id(chain)] = self._chain_factory(cfg, chain, conns)
+                al.chains[id(chain)] = self._chain_factory(cfg, chain, conns, al.hcms)
         al.inspect = bool(cfg.listener_filters) or cfg.use_original_dst or not cfg.single_chain
         if not cfg.address.pipe:
             own, compat = _keys(cfg.address)
@@ -212,31 +232,92 @@ class ListenerManager:
         for cfg in unbound:
             self.active.append(self._activate(cfg, None))
         for cfg, sock in listeners:
-            al = self._activate(cfg, sock)
-            self.active.append(al)
-            if cfg.restores_destination and not cfg.address.pipe:
-                name = sock.getsockname()
-                self.captures.append((str(name[0]), int(name[1])))
-            if al.inspect:
-                self.acceptor.listen(al)
-                continue
-            chain = cfg.chain()
-            base = al.chains.get(id(chain)) if chain is not None else None
-            cx_total = al.cx_total
+            await self.serve(cfg, sock)
 
-            def factory(
-                base: ChainFactory | None = base, t: Counter = cx_total
-            ) -> asyncio.Protocol:
-                t.inc()
-                if base is None:
-                    return _Closer()
-                conn = base(None)
-                if self.draining:
-                    conn.draining = True  # type: ignore[attr-defined]
-                return conn
+    async def serve(self, cfg: Listener, sock: socket.socket | None) -> ActiveListener:
+        """Start serving one listener (at start-up, or added by LDS; sock None: bind_to_port false)."""
+        al = self._activate(cfg, sock)
+        self.active.append(al)
+        if sock is None:
+            return al
+        if cfg.restores_destination and not cfg.address.pipe:
+            name = sock.getsockname()
+            self.captures.append((str(name[0]), int(name[1])))
+        if al.inspect:
+            self.acceptor.listen(al)
+            return al
+        chain = cfg.chain()
+        base = al.chains.get(id(chain)) if chain is not None else None
+        cx_total = al.cx_total
 
-            al.factory = factory
-            al.server = await self.loop.create_server(factory, sock=sock)
+        def factory(base: ChainFactory | None = base, t: Counter = cx_total) -> asyncio.Protocol:
+            t.inc()
+            if base is None:
+                return _Closer()
+            conn = base(None)
+            if self.draining:
+                conn.draining = True  # type: ignore[attr-defined]
+            return conn
+
+        al.factory = factory
+        al.server = await self.loop.create_server(factory, sock=sock)
+        return al
+
+    # -- LDS / RDS (xds/apply.py) ----------------------------------------------------------------------
+    def find(self, name: str) -> ActiveListener | None:
+        for al in self.active:
+            if al.config.name == name:
+                return al
+        return None
+
+    def retire(self, al: ActiveListener, drain_time: float) -> None:
+        """An updated or removed listener: stop accepting on it, ask its connections to finish
+        (Envoy's drain for drain_time), close what is left at the deadline; new connections go to
+        its replacement.  (A listening socket its replacement shares, dup()ed by xds/apply.py,
+        stays open with its backlog.)"""
+        self.active.remove(al)
+        for key in [k for k, v in self.by_address.items() if v is al]:
+            del self.by_address[key]
+        al.stopped = True
+        if al.server is not None:
+            al.server.close()
+        elif al.inspect and al.sock is not None:
+            self.acceptor.unlisten(al)
+        if al.sock is not None and al.server is None:
+            al.sock.close()
+        for c in list(al.conns):
+            if hasattr(c, "draining"):
+                # HTTP: the next response says `connection: close`.  An idle connection is not cut
+                # here: its request may already be on the way (it was accepted by this listener).
+                c.draining = True
+            else:
+                c.drain()
+        if not al.conns:
+            return  # nothing to drain
+        self.retired.append(al)
+
+        def close() -> None:
+            for c in list(al.conns):
+                t = getattr(c, "transport", None)
+                if t is not None:
+                    t.abort()
+            if al in self.retired:
+                self.retired.remove(al)
+
+        self.loop.call_later(drain_time, close)
+
+    def set_route_configs(self, configs: dict[str, RouteConfiguration], changed: Iterable[str]) -> None:
+        """RDS: `configs` is every known RouteConfiguration; the connection managers using a name in
+        `changed` serve the new one to every stream that starts from now (one swap per runtime)."""
+        self.route_configs = configs
+        names = set(changed)
+        for al in (*self.active, *self.retired):
+            for rt in al.hcms:
+                name = rt.cfg.rds_name
+                if name in names:
+                    rc = configs.get(name)
+                    if rc is not None:
+                        rt.use_route_config(dataclasses.replace(rt.cfg, route_config=rc), rt.all_factories)
 
     def find_by_address(self, ip: str, port: int) -> ActiveListener | None:
         """The hand-off target for an original destination: the exact `ip:port` listener, else the

@@ -8,6 +8,7 @@ from enum import Enum
 from sidecar.model.endpoint import Endpoint, SocketAddress
 from sidecar.model.health_check import HealthCheck
 from sidecar.model.outlier import OutlierDetection
+from sidecar.model.tls import UpstreamTlsContext
 
 
 class DiscoveryType(Enum):
@@ -64,6 +65,17 @@ class Thresholds:
 
 
 @dataclass(frozen=True, slots=True)
+class TransportSocketMatch:
+    """One Cluster.transport_socket_matches entry: hosts whose `envoy.transport_socket_match`
+    metadata holds every (key, canonical JSON value) of `match` use `transport_socket` (None:
+    plaintext).  An empty `match` matches every host."""
+
+    name: str
+    match: tuple[tuple[str, str], ...] = ()
+    transport_socket: UpstreamTlsContext | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Cluster:
     name: str
     type: DiscoveryType = DiscoveryType.STATIC
@@ -117,3 +129,11 @@ class Cluster:
     # upstream_bind_config.source_address: upstream connections bind this local address first
     # (Istio's InboundPassthroughCluster binds 127.0.0.6).
     upstream_bind_address: SocketAddress | None = None
+    # type EDS: the ClusterLoadAssignment name (eds_cluster_config.service_name, else the cluster's
+    # name) and where it comes from (an xds.config.ConfigSource).
+    eds_service_name: str = ""
+    eds_source: object = None
+    # transport_socket (None: plaintext) and transport_socket_matches (tried in order against the
+    # endpoint's metadata, then its locality's; none matching falls back to transport_socket).
+    transport_socket: UpstreamTlsContext | None = None
+    transport_socket_matches: tuple[TransportSocketMatch, ...] = ()

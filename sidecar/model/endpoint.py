@@ -42,6 +42,11 @@ class Endpoint:
     health_check_port: int = 0
     health_check_hostname: str = ""
     disable_active_health_check: bool = False
+    # filter_metadata["envoy.transport_socket_match"] of the LbEndpoint and of its
+    # LocalityLbEndpoints, as sorted (key, canonical JSON value) pairs; None when absent.  The
+    # cluster's transport_socket_matches pick the TLS of a host from these (sidecar/tls/wiring.py).
+    socket_match: tuple[tuple[str, str], ...] | None = None
+    locality_socket_match: tuple[tuple[str, str], ...] | None = None
 
     @property
     def healthy(self) -> bool:

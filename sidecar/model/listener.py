@@ -11,6 +11,7 @@ from typing import Protocol
 from sidecar.model.endpoint import SocketAddress
 from sidecar.model.rbac import NetworkRbac
 from sidecar.model.route import InternalAddressConfig, RouteConfiguration
+from sidecar.model.tls import DownstreamTlsContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,10 @@ class HttpConnectionManager:
     codec_type: str = "AUTO"
     # internal_address_config: which peers are internal (http/edge.py); None = Envoy 1.40's default.
     internal_address_config: InternalAddressConfig | None = None
+    # rds: the RouteConfiguration is named here and arrives over xDS (route_config is then an empty
+    # placeholder of that name until it does).  rds_source is an xds.config.ConfigSource.
+    rds_name: str = ""
+    rds_source: object = None
 
 
 NetworkFilter = TcpProxy | HttpConnectionManager | NetworkRbac
@@ -129,6 +134,12 @@ class FilterChain:
     # The terminal filter is last; for now it is the only one.
     filters: tuple[NetworkFilter, ...]
     match: FilterChainMatch = ANY_MATCH
+    # transport_socket envoy.transport_sockets.tls (None: raw_buffer, plaintext); the handshake
+    # runs in listener/accept.py through sidecar.tls.wiring.
+    transport_socket: DownstreamTlsContext | None = None
+    # transport_socket_connect_timeout: how long the TLS handshake may take (0: Envoy's none; we
+    # bound it by listener/accept.py's HANDSHAKE_TIMEOUT).
+    transport_socket_connect_timeout: float = 0.0
 
 
 class ListenerFilterKind(Enum):
@@ -202,10 +213,13 @@ class Listener:
 
     @property
     def single_chain(self) -> bool:
-        """Every connection gets the same chain: no selection needed (the accept fast path)."""
+        """Every connection gets the same chain and no TLS handshake: the accept fast path (a TLS
+        chain always goes through listener/accept.py, which runs the handshake)."""
         if len(self.filter_chains) == 1:
-            return self.filter_chains[0].match == ANY_MATCH
-        return not self.filter_chains and self.default_filter_chain is not None
+            only = self.filter_chains[0]
+            return only.match == ANY_MATCH and only.transport_socket is None
+        default = self.default_filter_chain
+        return not self.filter_chains and default is not None and default.transport_socket is None
 
     @property
     def restores_destination(self) -> bool:

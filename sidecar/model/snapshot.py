@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from sidecar.model.cluster import Cluster
 from sidecar.model.endpoint import SocketAddress
 from sidecar.model.listener import Listener
+from sidecar.model.secret import Secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,3 +34,6 @@ class Snapshot:
     version: str = ""
     # The bootstrap as JSON-able dict (for /config_dump's BootstrapConfigDump).
     bootstrap_json: Mapping[str, object] = field(default_factory=dict, compare=False)
+    # static_resources.secrets by name: what SdsSecretConfigs without sds_config name (the
+    # SecretStore of sidecar.tls.wiring holds them, next to SDS-delivered ones).
+    secrets: Mapping[str, Secret] = field(default_factory=dict)

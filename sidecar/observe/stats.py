@@ -19,6 +19,9 @@ from __future__ import annotations
 import mmap
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import xxhash
 
 _SLOT = 8
 
@@ -53,11 +56,22 @@ class Stats:
     """The stat registry.  `max_slots` bounds the number of distinct stats (the mapping is fixed
     once workers fork); asking for more raises, which config translation turns into an error."""
 
-    def __init__(self, workers: int = 1, max_slots: int = 65536) -> None:
+    def __init__(self, workers: int = 1, max_slots: int = 65536, shared_names: bool = False) -> None:
         self.workers = max(1, workers)
         self.max_slots = max_slots
         self._map = mmap.mmap(-1, self.workers * max_slots * _SLOT, flags=mmap.MAP_SHARED)
         self._all = memoryview(self._map).cast("q")
+        # shared_names: stats made after the workers fork (config from xDS, applied in every process)
+        # get their slot from a name table shared by the processes (an open-addressing table of
+        # 64-bit name hashes, under a lock made before fork), so every process agrees on it.
+        self._names: memoryview | None = None
+        self._names_lock: Any = None
+        if shared_names:
+            import multiprocessing
+
+            self._names_map = mmap.mmap(-1, max_slots * _SLOT, flags=mmap.MAP_SHARED)
+            self._names = memoryview(self._names_map).cast("q")
+            self._names_lock = multiprocessing.get_context("fork").Lock()
         self._index: dict[str, int] = {}
         self._kinds: dict[str, str] = {}
         self._handles: dict[str, Counter] = {}
@@ -80,8 +94,26 @@ class Stats:
         start = self._row * self.max_slots
         return self._all[start : start + self.max_slots]
 
+    def _shared_slot(self, name: str) -> int:
+        assert self._names is not None
+        h = xxhash.xxh64_intdigest(name.encode()) & 0x7FFFFFFFFFFFFFFF or 1  # 0 marks a free cell
+        n = self.max_slots
+        with self._names_lock:
+            for k in range(n):
+                i = (h + k) % n
+                cell = self._names[i]
+                if cell == h:
+                    return i
+                if cell == 0:
+                    self._names[i] = h
+                    return i
+        raise RuntimeError(f"too many stats (>{self.max_slots})")
+
     def _slot(self, name: str, kind: str) -> int:
         i = self._index.get(name)
+        if i is None and self._names is not None:
+            i = self._index[name] = self._shared_slot(name)
+            self._kinds[name] = kind
         if i is None:
             with self._lock:
                 i = len(self._index)
@@ -109,8 +141,15 @@ class Stats:
     def block(self, obj: object, prefix: str, counters: Iterable[str], gauges: Iterable[str] = ()) -> None:
         """Register `obj`'s int attributes as the stats `prefix + attr` (see the module doc)."""
         pairs = []
+        row = self._row_view()
         for attr in counters:
-            pairs.append((attr, self._slot(prefix + attr, "counter")))
+            known = prefix + attr in self._index
+            i = self._slot(prefix + attr, "counter")
+            if known:
+                # A replacement (a listener or cluster updated by xDS) keeps counting from where the
+                # one it replaces got, as Envoy's stats outlive config; gauges start from zero.
+                setattr(obj, attr, row[i])
+            pairs.append((attr, i))
         for attr in gauges:
             pairs.append((attr, self._slot(prefix + attr, "gauge")))
         self._blocks.append((obj, tuple(pairs)))

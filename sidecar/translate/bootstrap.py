@@ -29,6 +29,7 @@ from sidecar.translate import cds, lds
 from sidecar.translate.common import preload_types, socket_address
 from sidecar.translate.errors import ConfigError
 from sidecar.translate.fields import check_fields
+from sidecar.translate.tls import check_static_secret_refs, translate_static_secrets
 
 
 class NodeOptions(Protocol):
@@ -82,7 +83,7 @@ _BOOTSTRAP_IGNORED = (
     "grpc_async_client_manager_config",
     "memory_allocator_manager",
 )
-_BOOTSTRAP_HANDLED = ("node", "static_resources", "admin", "cluster_manager")
+_BOOTSTRAP_HANDLED = ("node", "static_resources", "admin", "cluster_manager", "dynamic_resources")
 
 
 # --------------------------------------------------------------------------------------- loading
@@ -197,37 +198,93 @@ def translate_bootstrap(pb: bootstrap_pb2.Bootstrap, options: NodeOptions) -> Sn
             ignored=("local_cluster_name", "outlier_detection", "enable_deferred_cluster_creation"),
         )
     sr = pb.static_resources
-    check_fields(sr, "static_resources", handled=("listeners", "clusters"))
+    check_fields(sr, "static_resources", handled=("listeners", "clusters", "secrets"))
+    secrets = translate_static_secrets(sr.secrets, "static_resources.secrets")
     clusters: dict[str, Cluster] = {}
+    grpc_clusters = _xds_clusters(pb)
     for i, c in enumerate(sr.clusters):
+        if c.name in grpc_clusters:
+            c = _without_http2(c)
         cluster = cds.translate_cluster(c, f"static_resources.clusters[{i}]")
         if cluster.name in clusters:
             raise ConfigError(
                 f"static_resources.clusters[{i}].name", f"cluster manager: duplicate cluster '{cluster.name}'"
             )
         clusters[cluster.name] = cluster
+    if not pb.HasField("dynamic_resources"):
+        for i, c in enumerate(sr.clusters):
+            if c.type == c.EDS:
+                raise ConfigError(f"static_resources.clusters[{i}].type", "EDS clusters need dynamic_resources")
     listeners: list[Listener] = []
     for i, lpb in enumerate(sr.listeners):
         path = f"static_resources.listeners[{i}]"
         listener = lds.translate_listener(lpb, path, clusters=clusters.keys())
+        if not pb.HasField("dynamic_resources") and _uses_rds(listener):
+            raise ConfigError(path, "connection managers with rds need dynamic_resources")
         _check_unique(listener, listeners, path)
         listeners.append(listener)
+    check_static_secret_refs(clusters.values(), listeners, secrets)
     return Snapshot(
         listeners=tuple(listeners),
         clusters=clusters,
         admin=_admin(pb),
         node=_node(pb.node, options),
+        secrets=secrets,
         bootstrap_json=json_format.MessageToDict(pb, preserving_proto_field_name=True),
     )
 
 
 def _check_bootstrap(pb: bootstrap_pb2.Bootstrap) -> None:
     if pb.HasField("dynamic_resources"):
-        raise ConfigError("dynamic_resources", "xDS is not supported by sidecar yet")
+        translate_dynamic(pb, None)  # refused here, with its path, rather than once serving
     try:
         check_fields(pb, "", _BOOTSTRAP_HANDLED, _BOOTSTRAP_IGNORED)
     except ConfigError as e:  # top-level fields: "header_prefix", not ".header_prefix"
         raise ConfigError(e.path.lstrip("."), e.reason) from None
+
+
+def translate_dynamic(pb: bootstrap_pb2.Bootstrap, options: NodeOptions | None) -> Any:
+    """(xds.config.DynamicResources, the xDS node proto) of a bootstrap with dynamic_resources, else
+    None.  The node needs an id and a cluster when a subscription uses ADS (Envoy's
+    LocalInfo check, "ads"); --service-* flags fill them in."""
+    if not pb.HasField("dynamic_resources"):
+        return None
+    from sidecar.xds.config import translate_dynamic_resources  # xDS only when configured
+    from sidecar.xds.node import build_node, check_local_info
+
+    dynamic = translate_dynamic_resources(pb.dynamic_resources)
+    node = build_node(pb.node if pb.HasField("node") else None, options)
+    if options is not None and dynamic.ads is not None:
+        check_local_info(node, "ads")
+    return dynamic, node
+
+
+def _uses_rds(listener: Listener) -> bool:
+    chains = (*listener.filter_chains, listener.default_filter_chain)
+    return any(getattr(f, "rds_name", "") for c in chains if c is not None for f in c.filters)
+
+
+def _xds_clusters(pb: bootstrap_pb2.Bootstrap) -> frozenset[str]:
+    """The static clusters dynamic_resources reaches its control plane through (envoy_grpc)."""
+    if not pb.HasField("dynamic_resources"):
+        return frozenset()
+    d = pb.dynamic_resources
+    apis = [d.ads_config]
+    apis += [src.api_config_source for src in (d.lds_config, d.cds_config) if src.HasField("api_config_source")]
+    return frozenset(g.envoy_grpc.cluster_name for api in apis for g in api.grpc_services if g.HasField("envoy_grpc"))
+
+
+def _without_http2(c: Any) -> Any:
+    """An xDS cluster speaks gRPC (HTTP/2) through the xDS client's own channel, never through the
+    proxy's upstream pools, so its HTTP/2 options (which those pools refuse) are dropped here."""
+    key = cds.HTTP_PROTOCOL_OPTIONS[0]
+    if key not in c.typed_extension_protocol_options and not c.HasField("http2_protocol_options"):
+        return c
+    c = type(c).FromString(c.SerializeToString())
+    c.ClearField("http2_protocol_options")
+    if key in c.typed_extension_protocol_options:
+        del c.typed_extension_protocol_options[key]
+    return c
 
 
 def _check_unique(listener: Listener, seen: list[Listener], path: str) -> None:

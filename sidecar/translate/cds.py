@@ -8,12 +8,14 @@ or, when that is absent, from the deprecated Cluster fields, as Envoy's ClusterI
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, protocol_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, protocol_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf import json_format, struct_pb2
 
 from sidecar.model.cluster import (
     Cluster,
@@ -22,13 +24,16 @@ from sidecar.model.cluster import (
     LbPolicy,
     OriginalDstConfig,
     Thresholds,
+    TransportSocketMatch,
 )
 from sidecar.model.endpoint import Endpoint, SocketAddress
+from sidecar.model.tls import UpstreamTlsContext
 from sidecar.translate.common import config_hash, enum_name, is_ip, log_ignored, socket_address, unpack
 from sidecar.translate.errors import ConfigError
 from sidecar.translate.fields import check_fields, opt_duration, opt_uint
 from sidecar.translate.health_check import translate_health_checks
 from sidecar.translate.outlier import translate_outlier_detection
+from sidecar.translate.tls import refuse_dynamic_sds, translate_transport_socket
 from sidecar.upstream.lb.maglev import is_prime
 
 # The names Envoy registers HttpProtocolOptions under (the current one and the pre-1.17 one).
@@ -37,7 +42,7 @@ HTTP_PROTOCOL_OPTIONS = (
     "envoy.upstreams.http.http_protocol_options",
 )
 _HPO = http_protocol_options_pb2.HttpProtocolOptions
-_SUPPORTED_TYPES = {"STATIC", "STRICT_DNS", "LOGICAL_DNS", "ORIGINAL_DST"}
+_SUPPORTED_TYPES = {"STATIC", "STRICT_DNS", "LOGICAL_DNS", "ORIGINAL_DST", "EDS"}
 _SUPPORTED_LB = {"ROUND_ROBIN", "RANDOM", "LEAST_REQUEST", "RING_HASH", "MAGLEV"}
 # The lb_config message each policy reads (Envoy ignores one that does not match lb_policy).
 _LB_CONFIG = {
@@ -73,7 +78,11 @@ _HANDLED = (
     "original_dst_lb_config",
     "cleanup_interval",
     "upstream_bind_config",
+    "eds_cluster_config",
 )
+# TLS (translate/tls.py; selected per host by sidecar/tls/wiring.py).
+_TLS_FIELDS = ("transport_socket", "transport_socket_matches")
+SOCKET_MATCH_KEY = "envoy.transport_socket_match"
 # Stats naming, metadata for features we do not have, socket tuning, warming/cleanup knobs.
 _IGNORED = (
     "alt_stat_name",
@@ -93,7 +102,7 @@ _IGNORED = (
 
 
 def translate_cluster(pb: cluster_pb2.Cluster, path: str) -> Cluster:
-    check_fields(pb, path, _HANDLED, _IGNORED)
+    check_fields(pb, path, (*_HANDLED, *_TLS_FIELDS), _IGNORED)
     if not pb.name:
         raise ConfigError(f"{path}.name", "value length must be at least 1 characters")
     kind = enum_name(pb, "type", path)
@@ -124,7 +133,7 @@ def translate_cluster(pb: cluster_pb2.Cluster, path: str) -> Cluster:
         type=DiscoveryType[kind],
         connect_timeout=connect_timeout,
         lb_policy=LbPolicy[lb],
-        endpoints=_endpoints(pb, kind, path),
+        endpoints=_endpoints(pb, kind, path) if kind != "EDS" else (),
         dns_refresh_rate=dns_refresh_rate,
         dns_lookup_family=DnsLookupFamily[enum_name(pb, "dns_lookup_family", path)],
         respect_dns_ttl=pb.respect_dns_ttl,
@@ -142,8 +151,53 @@ def translate_cluster(pb: cluster_pb2.Cluster, path: str) -> Cluster:
         **_lb_policy_config(pb.load_assignment, f"{path}.load_assignment"),
         original_dst=original_dst,
         upstream_bind_address=_bind_address(pb, path),
+        **_transport_sockets(pb, path),
+        **_eds(pb, kind, path),
         **lb_kw,
     )
+
+
+def _transport_sockets(pb: cluster_pb2.Cluster, path: str) -> dict[str, Any]:
+    """transport_socket and transport_socket_matches (Envoy's TransportSocketMatcherImpl: the
+    matches are tried in order, each `match` struct against the host's metadata under
+    `envoy.transport_socket_match`; a match without a transport_socket is plaintext)."""
+    kw: dict[str, Any] = {}
+    if pb.HasField("transport_socket"):
+        tls = translate_transport_socket(pb.transport_socket, f"{path}.transport_socket", downstream=False)
+        assert tls is None or isinstance(tls, UpstreamTlsContext)
+        refuse_dynamic_sds(tls, f"{path}.transport_socket.typed_config")
+        kw["transport_socket"] = tls
+    matches = []
+    for i, m in enumerate(pb.transport_socket_matches):
+        mp = f"{path}.transport_socket_matches[{i}]"
+        check_fields(m, mp, handled=("name", "match", "transport_socket"))
+        if not m.name:
+            raise ConfigError(f"{mp}.name", "value length must be at least 1 characters")
+        tls = None
+        if m.HasField("transport_socket"):
+            tls = translate_transport_socket(m.transport_socket, f"{mp}.transport_socket", downstream=False)
+            assert tls is None or isinstance(tls, UpstreamTlsContext)
+            refuse_dynamic_sds(tls, f"{mp}.transport_socket.typed_config")
+        matches.append(TransportSocketMatch(m.name, struct_labels(m.match), tls))
+    if matches:
+        kw["transport_socket_matches"] = tuple(matches)
+    return kw
+
+
+def struct_labels(st: struct_pb2.Struct) -> tuple[tuple[str, str], ...]:
+    """A Struct as sorted (key, canonical JSON value) pairs: equal protobuf Values give equal
+    strings (Envoy compares the label values with ValueUtil::equal)."""
+    return tuple(
+        sorted(
+            (k, json.dumps(json_format.MessageToDict(v), sort_keys=True, separators=(",", ":")))
+            for k, v in st.fields.items()
+        )
+    )
+
+
+def _socket_match(md: base_pb2.Metadata) -> tuple[tuple[str, str], ...] | None:
+    fm = md.filter_metadata
+    return struct_labels(fm[SOCKET_MATCH_KEY]) if SOCKET_MATCH_KEY in fm else None
 
 
 def _original_dst(pb: cluster_pb2.Cluster, kind: str, lb: str, path: str) -> OriginalDstConfig | None:
@@ -386,6 +440,37 @@ def _lb_config(pb: cluster_pb2.Cluster, lb: str, path: str) -> dict[str, Any]:
     return kw
 
 
+def _eds(pb: cluster_pb2.Cluster, kind: str, path: str) -> dict[str, Any]:
+    """type EDS: eds_cluster_config's service_name (default: the cluster's name) and eds_config."""
+    if kind != "EDS":
+        if pb.HasField("eds_cluster_config"):
+            raise ConfigError(f"{path}.eds_cluster_config", "only EDS clusters take an eds_cluster_config")
+        return {}
+    from sidecar.xds.config import translate_config_source  # keeps translate/ free of xds at import
+
+    ep = f"{path}.eds_cluster_config"
+    check_fields(pb.eds_cluster_config, ep, handled=("eds_config", "service_name"))
+    if not pb.eds_cluster_config.HasField("eds_config"):
+        # Envoy 1.40 requires it (EdsClusterImpl: "eds_config is required" via the proto's rules).
+        raise ConfigError(f"{ep}.eds_config", "value is required")
+    return {
+        "eds_service_name": pb.eds_cluster_config.service_name or pb.name,
+        "eds_source": translate_config_source(pb.eds_cluster_config.eds_config, f"{ep}.eds_config"),
+    }
+
+
+def translate_cluster_load_assignment(
+    la: endpoint_pb2.ClusterLoadAssignment, path: str
+) -> tuple[Endpoint, ...]:
+    """An EDS ClusterLoadAssignment's endpoints (IP addresses, as Envoy's EDS takes them).  Its
+    policy (overprovisioning_factor, drop_overloads ...) is not applied: the cluster's stays."""
+    check_fields(la, path, handled=("cluster_name", "endpoints"), ignored=("policy", "named_endpoints"))
+    out: list[Endpoint] = []
+    for i, locality in enumerate(la.endpoints):
+        out.extend(_locality(locality, "STATIC", f"{path}.endpoints[{i}]"))
+    return tuple(out)
+
+
 def _endpoints(pb: cluster_pb2.Cluster, kind: str, path: str) -> tuple[Endpoint, ...]:
     la = pb.load_assignment
     lp = f"{path}.load_assignment"
@@ -422,10 +507,11 @@ def _locality(loc: endpoint_components_pb2.LocalityLbEndpoints, kind: str, path:
     if not loc.HasField("locality"):
         # PriorityStateManager records a weight only for an explicit locality.
         locality_weight = 0
+    locality_match = _socket_match(loc.metadata) if loc.HasField("metadata") else None
     out = []
     for j, lbe in enumerate(loc.lb_endpoints):
         ep_path = f"{path}.lb_endpoints[{j}]"
-        # Metadata feeds subset LB and transport_socket_matches, neither of which exists here yet.
+        # Metadata feeds subset LB (not implemented) and transport_socket_matches (socket_match).
         check_fields(
             lbe,
             ep_path,
@@ -461,6 +547,8 @@ def _locality(loc: endpoint_components_pb2.LocalityLbEndpoints, kind: str, path:
                 health_check_port=hcc.port_value,
                 health_check_hostname=hcc.hostname,
                 disable_active_health_check=hcc.disable_active_health_check,
+                socket_match=_socket_match(lbe.metadata) if lbe.HasField("metadata") else None,
+                locality_socket_match=locality_match,
             )
         )
     return out
@@ -528,11 +616,21 @@ def _protocol_options(pb: cluster_pb2.Cluster, path: str) -> tuple[float, int]:
 
 
 def _check_http_protocol_options(opts: http_protocol_options_pb2.HttpProtocolOptions, path: str) -> None:
-    """Only explicit HTTP/1.1 is implemented upstream (explicit_http_config.http_protocol_options)."""
-    check_fields(opts, path, handled=("common_http_protocol_options", "explicit_http_config"))
+    """Only HTTP/1.1 is implemented upstream: explicit_http_config.http_protocol_options, or
+    use_downstream_protocol_config (Istio's PassthroughCluster and inbound clusters), which means
+    HTTP/1.1 here because every downstream is HTTP/1 until HTTP/2 lands."""
+    check_fields(
+        opts, path, handled=("common_http_protocol_options", "explicit_http_config", "use_downstream_protocol_config")
+    )
     which = opts.WhichOneof("upstream_protocol_options")
     if which is None:
         raise ConfigError(path, 'field: "upstream_protocol_options", reason: is required')
+    if which == "use_downstream_protocol_config":
+        dp = f"{path}.use_downstream_protocol_config"
+        down = opts.use_downstream_protocol_config
+        check_fields(down, dp, handled=("http_protocol_options", "http2_protocol_options"))
+        _http1(down.http_protocol_options, f"{dp}.http_protocol_options")
+        return
     explicit = opts.explicit_http_config
     ep = f"{path}.explicit_http_config"
     kind = explicit.WhichOneof("protocol_config")

@@ -12,6 +12,7 @@ the caller knows the cluster set, as Envoy does for inline route tables."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import json
@@ -50,6 +51,7 @@ from sidecar.model.listener import (
     WeightedCluster,
 )
 from sidecar.model.rbac import NetworkRbac
+from sidecar.model.tls import DownstreamTlsContext
 from sidecar.translate.common import (
     bool_value,
     config_hash,
@@ -63,6 +65,7 @@ from sidecar.translate.errors import ConfigError
 from sidecar.translate.fields import check_fields, opt_duration, opt_uint
 from sidecar.translate.hcm_internal import hcm_internal_address_config
 from sidecar.translate.rbac import rbac_http_filter, translate_network_rbac
+from sidecar.translate.tls import refuse_dynamic_sds, translate_transport_socket
 
 ROUTER = router_pb2.Router.DESCRIPTOR.full_name
 FAULT = fault_pb2.HTTPFault.DESCRIPTOR.full_name
@@ -127,7 +130,7 @@ def translate_listener(
     if pb.HasField("default_filter_chain"):
         default = _filter_chain(pb.default_filter_chain, f"{path}.default_filter_chain", clusters, str(address))
         # The default chain's own filter_chain_match is ignored by Envoy (it is the fallback).
-        default = FilterChain(name=default.name, filters=default.filters)
+        default = dataclasses.replace(default, match=ANY_MATCH)
     table = _chain_table(pb, path, chains, default, str(address))
     return Listener(
         name=name,
@@ -291,10 +294,11 @@ def _filter_chain(
     check_fields(
         fc,
         path,
-        handled=("filters", "name", "filter_chain_match"),
-        ignored=("metadata", "transport_socket_connect_timeout"),
+        handled=("filters", "name", "filter_chain_match", "transport_socket", "transport_socket_connect_timeout"),
+        ignored=("metadata",),
     )
     match = _chain_match(fc, path, address)
+    tls = _chain_tls(fc, path)
     filters: list[NetworkFilter] = []
     last = len(fc.filters) - 1
     for i, f in enumerate(fc.filters):
@@ -309,7 +313,23 @@ def _filter_chain(
                 "must be the last filter in a network filter chain.",
             )
     # An empty list is valid in Envoy: such a chain closes every connection it gets.
-    return FilterChain(name=fc.name, filters=tuple(filters), match=match)
+    return FilterChain(
+        name=fc.name,
+        filters=tuple(filters),
+        match=match,
+        transport_socket=tls,
+        transport_socket_connect_timeout=opt_duration(fc, "transport_socket_connect_timeout", 0.0),
+    )
+
+
+def _chain_tls(fc: listener_components_pb2.FilterChain, path: str) -> DownstreamTlsContext | None:
+    """The chain's transport_socket: a DownstreamTlsContext, or None for raw_buffer / none."""
+    if not fc.HasField("transport_socket"):
+        return None
+    tls = translate_transport_socket(fc.transport_socket, f"{path}.transport_socket", downstream=True)
+    assert tls is None or isinstance(tls, DownstreamTlsContext)
+    refuse_dynamic_sds(tls, f"{path}.transport_socket.typed_config")
+    return tls
 
 
 def _network_filter(
@@ -417,8 +437,7 @@ def _hcm(
             f"{path}.codec_type", f"{codec} is not supported by sidecar yet (AUTO and HTTP1 are)"
         )
     which = pb.WhichOneof("route_specifier")
-    if which == "rds":
-        raise ConfigError(f"{path}.rds", "RDS is not supported by sidecar yet")
+    rds_name, rds_source = _rds(pb, path) if which == "rds" else ("", None)
     if which is None:
         raise ConfigError(path, 'field: "route_specifier", reason: is required')
     # Accepted by the model but not enforced on the request path yet: refused when they would change
@@ -440,7 +459,10 @@ def _hcm(
     from sidecar.translate.rds import translate_route_configuration  # rds.py imports routing: keep it lazy
 
     route_config = translate_route_configuration(pb.route_config, f"{path}.route_config")
-    if clusters is not None and bool_value(pb.route_config, "validate_clusters", True):
+    if rds_name:
+        # A placeholder until RDS delivers it (the listener warms meanwhile: xds/apply.py).
+        route_config = translate_route_configuration(route_pb2.RouteConfiguration(name=rds_name), path)
+    if not rds_name and clusters is not None and bool_value(pb.route_config, "validate_clusters", True):
         _check_route_clusters(pb.route_config, f"{path}.route_config", clusters)
     common = pb.common_http_protocol_options
     cp = f"{path}.common_http_protocol_options"
@@ -497,7 +519,22 @@ def _hcm(
         normalize_path=bool_value(pb, "normalize_path", False),
         merge_slashes=pb.merge_slashes,
         codec_type=codec,
+        rds_name=rds_name,
+        rds_source=rds_source,
     )
+
+
+def _rds(pb: hcm_pb2.HttpConnectionManager, path: str) -> tuple[str, object]:
+    """HttpConnectionManager.rds: the route_config_name and its config_source (xds.config)."""
+    from sidecar.xds.config import translate_config_source  # xds.config imports translate: keep it lazy
+
+    rp = f"{path}.rds"
+    check_fields(pb.rds, rp, handled=("config_source", "route_config_name"))
+    if not pb.rds.route_config_name:
+        raise ConfigError(f"{rp}.route_config_name", "value length must be at least 1 characters")
+    if not pb.rds.HasField("config_source"):
+        raise ConfigError(f"{rp}.config_source", "value is required")
+    return pb.rds.route_config_name, translate_config_source(pb.rds.config_source, f"{rp}.config_source")
 
 
 # Router fields with no effect here (stats and tracing details); the rest change behaviour.

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterable, Mapping
 
 from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 
+from sidecar.model.cluster import Cluster
+from sidecar.model.listener import Listener
 from sidecar.model.secret import (
     CertificateValidationContext,
     DataSource,
@@ -505,3 +508,76 @@ def _sds_source(pb: config_source_pb2.ConfigSource, path: str) -> SdsSource:
         delta=kind == "DELTA_GRPC",
         initial_fetch_timeout=timeout,
     )
+
+
+def translate_static_secrets(pbs: Iterable[secret_pb2.Secret], path: str) -> dict[str, Secret]:
+    """bootstrap static_resources.secrets by name (Envoy: "Duplicate static TlsCertificate secret
+    name" and the like for a repeated name)."""
+    out: dict[str, Secret] = {}
+    for i, pb in enumerate(pbs):
+        secret = translate_secret(pb, f"{path}[{i}]")
+        if secret.name in out:
+            kind = "TlsCertificate" if secret.tls_certificate is not None else "CertificateValidationContext"
+            raise ConfigError(f"{path}[{i}].name", f"Duplicate static {kind} secret name {secret.name}")
+        out[secret.name] = secret
+    return out
+
+
+def refuse_dynamic_sds(ctx: TlsContext | None, path: str) -> None:
+    """SDS over xDS (sds_config: ads, api_config_source, path) has no client yet: refuse it here,
+    with its path, rather than accept a context that would never get its secrets."""
+    if ctx is None:
+        return
+    common = ctx.common
+    for i, ref in enumerate(common.tls_certificate_sds):
+        if ref.source.kind is not SdsSourceKind.STATIC:
+            raise ConfigError(
+                f"{path}.common_tls_context.tls_certificate_sds_secret_configs[{i}].sds_config",
+                "SDS is not supported by sidecar yet (static_resources.secrets are)",
+            )
+    vc = common.validation_context_sds
+    if vc is not None and vc.source.kind is not SdsSourceKind.STATIC:
+        raise ConfigError(
+            f"{path}.common_tls_context.validation_context_sds_secret_config.sds_config",
+            "SDS is not supported by sidecar yet (static_resources.secrets are)",
+        )
+
+
+def check_static_secret_refs(
+    clusters: Iterable[Cluster], listeners: Iterable[Listener], secrets: Mapping[str, Secret]
+) -> None:
+    """Every secret the static clusters and listeners name without sds_config must be a static
+    secret of the right kind (Envoy: "Unknown static secret" / "Unknown static certificate
+    validation context"; clusters are checked first, as Envoy builds them first)."""
+    found: list[tuple[str, TlsContext | None]] = []
+    for i, c in enumerate(clusters):
+        cp = f"static_resources.clusters[{i}]"
+        found.append((f"{cp}.transport_socket.typed_config", c.transport_socket))
+        for j, tsm in enumerate(c.transport_socket_matches):
+            found.append(
+                (f"{cp}.transport_socket_matches[{j}].transport_socket.typed_config", tsm.transport_socket)
+            )
+    for i, lst in enumerate(listeners):
+        lp = f"static_resources.listeners[{i}]"
+        for j, chain in enumerate(lst.filter_chains):
+            found.append((f"{lp}.filter_chains[{j}].transport_socket.typed_config", chain.transport_socket))
+        if lst.default_filter_chain is not None:
+            found.append(
+                (
+                    f"{lp}.default_filter_chain.transport_socket.typed_config",
+                    lst.default_filter_chain.transport_socket,
+                )
+            )
+    for path, ctx in found:
+        if ctx is None:
+            continue
+        common = ctx.common
+        for ref in common.tls_certificate_sds:
+            secret = secrets.get(ref.name)
+            if ref.source.kind is SdsSourceKind.STATIC and (secret is None or secret.tls_certificate is None):
+                raise ConfigError(path, f"Unknown static secret: {ref.name}")
+        ref_vc = common.validation_context_sds
+        if ref_vc is not None and ref_vc.source.kind is SdsSourceKind.STATIC:
+            secret = secrets.get(ref_vc.name)
+            if secret is None or secret.validation_context is None:
+                raise ConfigError(path, f"Unknown static certificate validation context: {ref_vc.name}")

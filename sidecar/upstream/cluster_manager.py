@@ -600,6 +600,13 @@ class ClusterManager:
         if checks:
             await asyncio.wait(checks, timeout=longest + 1.0)
 
+    def start_dns(self) -> None:
+        """Start resolving DNS clusters added after initialize() (CDS); they serve once resolved."""
+        for name, state in self.clusters.items():
+            if state.config.type in (DiscoveryType.STRICT_DNS, DiscoveryType.LOGICAL_DNS) and name not in self._dns_tasks:
+                first: asyncio.Future[None] = self.loop.create_future()
+                self._dns_tasks[name] = self.loop.create_task(self._dns_loop(state, first))
+
     async def resolve(self, state: ClusterState) -> list[Endpoint]:
         cfg = state.config
         out: list[Endpoint] = []

@@ -355,5 +355,31 @@ class FaultFilter(PassThrough):
         stream.local_reply(http, BODY)
 
 
-def fault_factory(rt: FaultRuntime) -> Callable[[], FaultFilter]:
-    return lambda: FaultFilter(rt)
+class FaultFactory:
+    """Makes the fault filter of each stream.  `needed_by` lets the connection manager leave the
+    filter out of the chain for a route configuration in which it can do nothing (see registry)."""
+
+    __slots__ = ("rt",)
+
+    def __init__(self, rt: FaultRuntime) -> None:
+        self.rt = rt
+
+    def __call__(self) -> FaultFilter:
+        return FaultFilter(self.rt)
+
+    def needed_by(self, route_config: Any) -> bool:
+        """False when no fault can ever be injected: filter-level settings at 0% (or none) and no
+        route of `route_config` with typed_per_filter_config for this filter."""
+        if not self.rt.settings.inert:
+            return True
+        name = self.rt.name
+        for vh in route_config.virtual_hosts:
+            for route in vh.routes:
+                for key, _ in route.typed_per_filter_config:
+                    if key == name:
+                        return True
+        return False
+
+
+def fault_factory(rt: FaultRuntime) -> FaultFactory:
+    return FaultFactory(rt)

@@ -20,34 +20,18 @@ from sidecar.rbac.stats import RbacStats
 ROUTER_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 
 FilterFactory = Callable[[], Any]
-# A builder may return None: the filter can do nothing for any route of this connection manager's
-# route configuration, so streams do not run it at all (the decision is remade with the config).
-Builder = Callable[[HttpFilterConfig, HttpConnectionManager, Stats], FilterFactory | None]
+Builder = Callable[[HttpFilterConfig, HttpConnectionManager, Stats], FilterFactory]
 
 
 def _router(f: HttpFilterConfig, hcm: HttpConnectionManager, stats: Stats) -> FilterFactory:
     return Router
 
 
-def _fault(f: HttpFilterConfig, hcm: HttpConnectionManager, stats: Stats) -> FilterFactory | None:
+def _fault(f: HttpFilterConfig, hcm: HttpConnectionManager, stats: Stats) -> FilterFactory:
     settings = f.config if isinstance(f.config, FaultSettings) else FaultSettings()
     # Envoy's fault stats live under the connection manager's prefix: http.<stat_prefix>.fault.*
     fs = FaultStats(stats, f"http.{hcm.stat_prefix}.fault.")
-    if settings.inert and not _has_route_config(hcm, f.name):
-        # Istio adds the fault filter to every listener and sets faults per route; at 0% with no
-        # per-route settings it injects nothing and counts nothing, so no stream needs to run it.
-        return None
     return fault_factory(FaultRuntime(f.name, settings, fs))
-
-
-def _has_route_config(hcm: HttpConnectionManager, name: str) -> bool:
-    """Whether any route of `hcm` carries typed_per_filter_config for the filter called `name`."""
-    for vh in hcm.route_config.virtual_hosts:
-        for route in vh.routes:
-            for key, _ in route.typed_per_filter_config:
-                if key == name:
-                    return True
-    return False
 
 
 def _rbac(f: HttpFilterConfig, hcm: HttpConnectionManager, stats: Stats) -> FilterFactory:
@@ -67,8 +51,21 @@ BUILDERS: dict[str, Builder] = {
 def filter_factories(hcm: HttpConnectionManager, stats: Stats) -> tuple[FilterFactory, ...]:
     """The per-stream factories of `hcm`'s http_filters, in order (the router last, as lds.py
     guarantees).  A connection manager built without http_filters gets the router alone."""
-    built = [BUILDERS[f.type_url](f, hcm, stats) for f in hcm.http_filters if not f.disabled]
-    out = [b for b in built if b is not None]
+    out = [BUILDERS[f.type_url](f, hcm, stats) for f in hcm.http_filters if not f.disabled]
     if not out or out[-1] is not Router:
         out = [*(f for f in out if f is not Router), Router]
+    return tuple(out)
+
+
+def active_filters(factories: tuple[FilterFactory, ...], route_config: Any) -> tuple[FilterFactory, ...]:
+    """The factories a stream of this route configuration runs: those whose filter can do something
+    for some route of it (a factory with `needed_by` decides; others always run).  Istio puts the fault
+    filter in every connection manager and sets faults per route: at 0% with no per-route settings
+    it injects and counts nothing, so streams skip it.  Remade whenever the route configuration is
+    (RDS), with the same factories, so stats and filter state are not rebuilt."""
+    out = []
+    for f in factories:
+        needed_by = getattr(f, "needed_by", None)
+        if needed_by is None or needed_by(route_config):
+            out.append(f)
     return tuple(out)

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
+import ssl
 from collections import deque
 from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
 from sidecar.http import local_reply
+from sidecar.tls.wiring import log as tls_log
+from sidecar.tls.wiring import upstream_tls
 from sidecar.upstream.original_dst import source_address
 
 if TYPE_CHECKING:
@@ -185,8 +189,11 @@ class Http1UpstreamConnection(asyncio.Protocol):
 
     # -- used by the router ----------------------------------------------------------------------
     def send(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
+        t = self.transport
+        assert t is not None
+        if t.is_closing():
+            return  # closed under us (the upstream answered early and went): connection_lost reports it
+        t.write(data)
 
     def detach(self) -> None:
         """The handler gives up on this connection mid-exchange (timeout, downstream reset)."""
@@ -297,23 +304,45 @@ class Http1Pool:
         conn = Http1UpstreamConnection(self)
         self.cstats.upstream_cx_total += 1
         addr = self.host.address
+        tls = None
         try:
+            # The cluster's transport_socket (or its transport_socket_matches entry for this host).
+            tls = upstream_tls(self.host, self.loop)
+            ctx = tls.ssl_context if tls is not None else None
+            sni = tls.server_hostname if tls is not None else None
             if addr.pipe:
-                coro = self.loop.create_unix_connection(lambda: conn, addr.pipe)
+                coro = self.loop.create_unix_connection(lambda: conn, addr.pipe, ssl=ctx, server_hostname=sni)
             else:
                 # upstream_bind_config (upstream/original_dst.py): bind the source address first.
                 local = source_address(self.host.cluster.config, addr)
-                coro = self.loop.create_connection(lambda: conn, addr.host, addr.port, local_addr=local)
+                coro = self.loop.create_connection(
+                    lambda: conn, addr.host, addr.port, local_addr=local, ssl=ctx, server_hostname=sni
+                )
             if self.connect_timeout > 0:
                 await asyncio.wait_for(coro, self.connect_timeout)
             else:
                 await coro
         except (TimeoutError, OSError) as exc:
+            if tls is not None and isinstance(exc, ssl.SSLError):
+                reason = tls.on_handshake_error(exc)
+                if tls_log.isEnabledFor(logging.DEBUG):
+                    tls_log.debug("upstream %s: TLS handshake failed: %s", addr, reason)
             self.cstats.upstream_cx_connect_fail += 1
             self.host.cx_connect_fail += 1
             self.connection_gone()
             handler.on_upstream_failure(_connect_failure_reason(exc))
             return
+        if tls is not None and conn.transport is not None:
+            verdict = tls.on_handshake(conn.transport.get_extra_info("ssl_object"))
+            if not verdict.ok:
+                if tls_log.isEnabledFor(logging.DEBUG):
+                    tls_log.debug("upstream %s: TLS peer refused: %s", addr, verdict.reason)
+                # SAN matchers or pins refused the server: connection_lost releases the slot.
+                conn.transport.abort()
+                self.cstats.upstream_cx_connect_fail += 1
+                self.host.cx_connect_fail += 1
+                handler.on_upstream_failure(local_reply.RESET_CONNECTION_FAILURE)
+                return
         conn.handler = handler
         conn.requests = 1
         handler.on_upstream_ready(conn)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from sidecar.http import edge
 from sidecar.http.filters.fault import FAULT_TYPE_URL, FaultSettings, Percent
-from sidecar.http.filters.registry import filter_factories
+from sidecar.http.filters.registry import active_filters, filter_factories
 from sidecar.http.filters.router import Router
 from sidecar.model.listener import HttpConnectionManager, HttpFilterConfig
 from sidecar.model.retry import GRPC_CONDITIONS, HTTP_CONDITIONS, RetryPolicy
@@ -55,11 +55,16 @@ def _hcm(fault: FaultSettings, per_route: bool) -> HttpConnectionManager:
 def test_zero_percent_fault_filter_is_left_out_unless_a_route_configures_it() -> None:
     zero = FaultSettings(delay=Percent(0), delay_ms=1000, abort=Percent(0), abort_http=503)
     assert zero.inert
-    assert filter_factories(_hcm(zero, per_route=False), Stats()) == (Router,)
-    assert len(filter_factories(_hcm(zero, per_route=True), Stats())) == 2
+    without, with_route = _hcm(zero, per_route=False), _hcm(zero, per_route=True)
+    factories = filter_factories(without, Stats())
+    assert len(factories) == 2  # every configured filter is built (stats registered once) ...
+    assert active_filters(factories, without.route_config) == (Router,)  # ... and left out when idle
+    # RDS: the same factories, a route configuration that sets a per-route fault: it is back.
+    assert active_filters(factories, with_route.route_config) == factories
     some = FaultSettings(abort=Percent(1), abort_http=503)
     assert not some.inert
-    assert len(filter_factories(_hcm(some, per_route=False), Stats())) == 2
+    hcm = _hcm(some, per_route=False)
+    assert len(active_filters(filter_factories(hcm, Stats()), hcm.route_config)) == 2
 
 
 @given(

@@ -17,7 +17,7 @@ from sidecar.model.endpoint import Endpoint, SocketAddress
 from sidecar.model.listener import HttpConnectionManager
 from sidecar.model.route import RouteAction
 from sidecar.model.snapshot import Admin, Node
-from sidecar.translate.bootstrap import load_bootstrap, translate_bootstrap
+from sidecar.translate.bootstrap import load_bootstrap, translate_bootstrap, translate_dynamic
 from sidecar.translate.errors import ConfigError
 
 NO_FLAGS = Options()
@@ -267,15 +267,15 @@ def test_admin_variants() -> None:
     [
         (
             "dynamic_resources: {lds_config: {ads: {}}}",
-            "dynamic_resources",
-            "xDS is not supported by sidecar yet",
+            "dynamic_resources.lds_config.ads",
+            "an ads config source needs dynamic_resources.ads_config",
         ),
         ("header_prefix: x-acme", "header_prefix", "field is not supported by sidecar yet"),
         ("hds_config: {api_type: GRPC}", "hds_config", "field is not supported by sidecar yet"),
         (
             "static_resources: {secrets: [{name: s}]}",
-            "static_resources.secrets",
-            "field is not supported by sidecar yet",
+            "static_resources.secrets[0]",
+            "secret type is required",
         ),
         (
             "cluster_manager: {upstream_bind_config: {source_address: {address: 127.0.0.6, port_value: 0}}}",
@@ -351,10 +351,7 @@ def test_static_route_to_unknown_cluster_is_refused() -> None:
 
 def test_cluster_errors_carry_the_bootstrap_path() -> None:
     e = refused(ENVOY_DEMO.replace("type: LOGICAL_DNS", "type: EDS"))
-    assert (e.path, e.reason) == (
-        "static_resources.clusters[0].type",
-        "EDS clusters are not supported by sidecar yet",
-    )
+    assert (e.path, e.reason) == ("static_resources.clusters[0].eds_cluster_config.eds_config", "value is required")
 
 
 # An Istio-shaped bootstrap (tools/packaging/common/envoy_bootstrap.json) without the parts that
@@ -520,7 +517,7 @@ def test_istio_like_bootstrap(tmp_path: Path) -> None:
     assert len(lst.name) == 36 and lst.name == again.listeners[0].name
 
 
-def test_istio_bootstrap_with_ads_is_refused_for_now() -> None:
+def test_istio_bootstrap_with_ads() -> None:
     data = json.loads(json.dumps(ISTIO_LIKE))
     data["dynamic_resources"] = {
         "lds_config": {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"},
@@ -531,5 +528,10 @@ def test_istio_bootstrap_with_ads_is_refused_for_now() -> None:
             "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
         },
     }
-    e = refused(json.dumps(data))
-    assert (e.path, e.reason) == ("dynamic_resources", "xDS is not supported by sidecar yet")
+    pb = load_yaml(json.dumps(data))
+    translate_bootstrap(pb, NO_FLAGS)
+    dynamic, node = translate_dynamic(pb, NO_FLAGS)
+    assert dynamic.ads is not None and dynamic.ads.grpc is not None
+    assert dynamic.ads.grpc.cluster_name == "xds-grpc"
+    assert dynamic.lds is not None and dynamic.lds.ads and dynamic.lds.initial_fetch_timeout == 0
+    assert node.user_agent_name == "envoy"

@@ -191,7 +191,7 @@ def test_static_cluster_without_load_assignment_is_empty() -> None:
 @pytest.mark.parametrize(
     ("extra", "path", "reason"),
     [
-        ({"type": "EDS"}, f"{P}.type", "EDS clusters are not supported by sidecar yet"),
+        ({"type": "EDS"}, f"{P}.eds_cluster_config.eds_config", "value is required"),
         (
             {"type": "ORIGINAL_DST"},
             f"{P}.lb_policy",
@@ -263,11 +263,12 @@ def test_static_cluster_without_load_assignment_is_empty() -> None:
                 "transport_socket": {
                     "name": "tls",
                     "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                        "enforce_rsa_key_usage": True,
                     },
                 }
             },
-            f"{P}.transport_socket",
+            f"{P}.transport_socket.typed_config.enforce_rsa_key_usage",
             "field is not supported by sidecar yet",
         ),
         (
@@ -352,6 +353,23 @@ def test_typed_http_protocol_options() -> None:
         P,
     )
     assert (c.idle_timeout, c.max_requests_per_connection) == (30.0, 7)
+
+
+def test_use_downstream_protocol_config_is_http1_while_downstreams_are() -> None:
+    # Istio's PassthroughCluster / inbound clusters carry it; with HTTP/1 downstreams only, the
+    # upstream is HTTP/1.1.  Its common options still apply.
+    c = translate_cluster(
+        cluster_pb(
+            static_with(
+                typed_extension_protocol_options=typed_hpo(
+                    common_http_protocol_options={"idle_timeout": "20s"},
+                    use_downstream_protocol_config={"http_protocol_options": {}, "http2_protocol_options": {}},
+                )
+            )
+        ),
+        P,
+    )
+    assert c.idle_timeout == 20.0
 
 
 def test_typed_options_under_the_legacy_name() -> None:

@@ -418,8 +418,8 @@ TP = f"{P}.filter_chains[0].filters[0]"
                     }
                 ]
             ),
-            f"{P}.filter_chains[0].transport_socket",
-            "field is not supported by sidecar yet",
+            f"{P}.filter_chains[0].transport_socket.typed_config.common_tls_context",
+            "No TLS certificates found for server context",
         ),
         (listener(access_log=[{"name": "x"}]), f"{P}.access_log", "field is not supported by sidecar yet"),
         (listener(enable_mptcp=True), f"{P}.enable_mptcp", "field is not supported by sidecar yet"),
@@ -550,11 +550,17 @@ def test_refusals(data: dict[str, Any], path: str, reason: str) -> None:
     assert (e.path, e.reason) == (path, reason)
 
 
-def test_rds_and_missing_route_config_are_refused() -> None:
+def test_rds_names_its_route_config_and_missing_route_config_is_refused() -> None:
     rds = hcm(rds={"route_config_name": "r", "config_source": {"ads": {}}})
     del rds["route_config"]
-    e = refused(listener(rds))
-    assert (e.path, e.reason) == (f"{F}.rds", "RDS is not supported by sidecar yet")
+    got = translate_listener(listener_pb(listener(rds)), P)
+    h = got.filter_chains[0].filters[0]
+    assert isinstance(h, HttpConnectionManager)
+    assert h.rds_name == "r" and h.route_config.name == "r" and h.route_config.virtual_hosts == ()
+    nameless = hcm(rds={"config_source": {"ads": {}}})
+    del nameless["route_config"]
+    e = refused(listener(nameless))
+    assert (e.path, e.reason) == (f"{F}.rds.route_config_name", "value length must be at least 1 characters")
     none = hcm()
     del none["route_config"]
     e = refused(listener(none))
