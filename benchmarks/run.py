@@ -4,7 +4,8 @@ What it does, start to end (all on loopback; every child dies when this process 
 
 1. Starts the upstream: nginx (one process, `return 200 "<body>"`, keep-alive), pinned to the load CPU.
    Without nginx it falls back to an Envoy answering with `direct_response`, and says so.
-2. For each scenario (l7: http_connection_manager + router to a STATIC cluster; l4: tcp_proxy to the same
+2. For each scenario (l7: http_connection_manager + router to a STATIC cluster; l7-policy: the same with a
+   retry policy, a 0% fault filter and LEAST_REQUEST; mtls: a pair of proxies talking mTLS; l4: tcp_proxy to the same
    cluster) it generates one bootstrap per proxy (same shape, own free ports, an admin address each),
    starts every proxy pinned to the proxy CPU (`--concurrency 1`) and waits until a request through it
    returns the upstream's body. Idle RSS/PSS of each proxy's process tree is read then.
@@ -55,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma list of envoy|sidecar; ratios are "
         "each proxy over the first (default envoy,sidecar; envoy,envoy checks the harness)",
     )
-    ap.add_argument("--scenarios", default=",".join(configs.SCENARIOS), help="comma list of l7,l7-policy,l4")
+    ap.add_argument("--scenarios", default=",".join(configs.SCENARIOS), help="comma list of l7,l7-policy,l4,mtls")
     # Defaults: 2 scenarios x 2 proxies x 7 rounds x (1 + 5 s) is about 3.5 minutes in all. Many short
     # interleaved rounds resist drifting background load better than a few long ones.
     ap.add_argument("--rounds", type=int, default=7)
