@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Protocol
+from typing import Any
 
 import yaml
 from envoy.config.bootstrap.v3 import bootstrap_pb2
@@ -30,21 +30,7 @@ from sidecar.translate.common import preload_types, socket_address
 from sidecar.translate.errors import ConfigError
 from sidecar.translate.fields import check_fields
 from sidecar.translate.tls import check_static_secret_refs, translate_static_secrets
-
-
-class NodeOptions(Protocol):
-    """What translate_bootstrap reads from the command line (cli.Options has these).  Read-only
-    properties, so that a frozen dataclass (cli.Options) satisfies the protocol."""
-
-    @property
-    def service_cluster(self) -> str: ...
-
-    @property
-    def service_node(self) -> str: ...
-
-    @property
-    def service_zone(self) -> str: ...
-
+from sidecar.xds.node import NodeOptions  # (the command-line values that shape the node)
 
 # Bootstrap fields that change nothing a client can observe here: stats plumbing, runtime layers,
 # watchdogs, DNS resolver choice, extensions for features we do not have.  Logged once, then ignored.
