@@ -286,7 +286,7 @@ def _start_proxy(kind: str, pair: netns.Pair, tmp: Path) -> None:
                 "--disable-hot-restart", "-l", "warning", "--base-id", str(os.getpid() % 50000 + 1000)]
     else:
         argv = [sys.executable, "-m", "sidecar", "-c", str(path), "--concurrency", "1", "-l", "warning"]
-    pair.pod.popen(*argv, user=PROXY_UID, stdout=log, stderr=log, cwd=str(REPO))
+    pair.pod.popen(*argv, user=PROXY_UID, read_all=True, stdout=log, stderr=log, cwd=str(REPO))
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -315,7 +315,7 @@ def _stat(pair: netns.Pair, name: str) -> int:
 
 
 def _client(pair: netns.Pair, *args: str) -> dict[str, object]:
-    done = pair.pod.python(CLIENT, *args, user=APP_UID, timeout=20)
+    done = pair.pod.python(CLIENT, *args, user=APP_UID, timeout=20, read_all=True)
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 

@@ -64,11 +64,19 @@ class NetNS:
         self._procs: list[subprocess.Popen[Any]] = []
         self._sockets: list[socket.socket] = []
 
-    def _argv(self, argv: tuple[str, ...], user: int | None, group: int | None) -> list[str]:
+    def _argv(
+        self, argv: tuple[str, ...], user: int | None, group: int | None, read_all: bool = False
+    ) -> list[str]:
         prefix = ["ip", "netns", "exec", self.name]
         if user is not None:
             gid = user if group is None else group
-            prefix += ["setpriv", f"--reuid={user}", f"--regid={gid}", "--clear-groups", "--"]
+            prefix += ["setpriv", f"--reuid={user}", f"--regid={gid}", "--clear-groups"]
+            if read_all:
+                # CAP_DAC_READ_SEARCH only: the process may read the checkout and its venv wherever
+                # they are (a `mktemp -d` clone is 0700), and is still that uid for netfilter's owner
+                # match, which is what these tests are about.
+                prefix += ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+            prefix.append("--")
         return [*prefix, *argv]
 
     def run(
@@ -80,10 +88,11 @@ class NetNS:
         timeout: float = 15.0,
         check: bool = True,
         env: dict[str, str] | None = None,
+        read_all: bool = False,
     ) -> subprocess.CompletedProcess[str]:
         """Run a command inside the namespace; check=True raises with its stderr on failure."""
         done = subprocess.run(
-            self._argv(argv, user, group),
+            self._argv(argv, user, group, read_all),
             input=input,
             capture_output=True,
             text=True,
@@ -98,18 +107,26 @@ class NetNS:
         return done
 
     def popen(
-        self, *argv: str, user: int | None = None, group: int | None = None, **kw: Any
+        self, *argv: str, user: int | None = None, group: int | None = None, read_all: bool = False, **kw: Any
     ) -> subprocess.Popen[Any]:
         """Start a background process inside the namespace; it is killed when the namespace goes."""
-        proc = subprocess.Popen(self._argv(argv, user, group), **kw)
+        proc = subprocess.Popen(self._argv(argv, user, group, read_all), **kw)
         self._procs.append(proc)
         return proc
 
     def python(
-        self, code: str, *args: str, user: int | None = None, timeout: float = 15.0, check: bool = True
+        self,
+        code: str,
+        *args: str,
+        user: int | None = None,
+        timeout: float = 15.0,
+        check: bool = True,
+        read_all: bool = False,
     ) -> subprocess.CompletedProcess[str]:
         """`python -I -c code args...` inside the namespace (the test interpreter, stdlib only)."""
-        return self.run(sys.executable, "-I", "-c", code, *args, user=user, timeout=timeout, check=check)
+        return self.run(
+            sys.executable, "-I", "-c", code, *args, user=user, timeout=timeout, check=check, read_all=read_all
+        )
 
     def call(self, fn: Callable[[], T]) -> T:
         """Run fn on a fresh thread that has joined the namespace (setns is per thread), return its
