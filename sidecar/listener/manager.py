@@ -118,6 +118,7 @@ class ActiveListener:
         "hcms",
         "inspect",
         "no_chain",
+        "owners",
         "pre_cx_active",
         "pre_cx_timeout",
         "remote_close",
@@ -145,6 +146,9 @@ class ActiveListener:
         self.stopped = False
         # The HcmRuntimes of chains whose routes come from RDS (set_route_configs swaps their routes).
         self.hcms: list[HcmRuntime] = []
+        # Stat blocks its chains registered (connection manager, fault filter, tcp_proxy): forgotten
+        # when the listener is gone, so updates do not pile up blocks that every flush walks.
+        self.owners: list[object] = []
         p = f"listener.{stat_address(config)}."
         self.cx_total = stats.counter(p + "downstream_cx_total")
         self.no_chain = stats.counter(p + "no_filter_chain_match")
@@ -174,7 +178,12 @@ class ListenerManager:
 
     # -- chain runtimes ------------------------------------------------------------------------------
     def _chain_factory(
-        self, listener: Listener, chain: FilterChain, conns: _Connections, hcms: list[HcmRuntime] | None = None
+        self,
+        listener: Listener,
+        chain: FilterChain,
+        conns: _Connections,
+        hcms: list[HcmRuntime] | None = None,
+        owners: list[object] | None = None,
     ) -> ChainFactory | None:
         if not chain.filters:
             return None  # Envoy: "closing connection: no filters"
@@ -190,6 +199,9 @@ class ListenerManager:
             rt = HcmRuntime(terminal, self.cm, self.stats, self.loop, factories, limit, self.timeouts)
             if terminal.rds_name and hcms is not None:
                 hcms.append(rt)
+            if owners is not None:
+                owners.append(rt.stats)
+                owners.extend(_factory_stats(factories))
 
             def http(dst: SocketAddress | None) -> asyncio.Protocol:
                 if dst is None:
@@ -199,6 +211,8 @@ class ListenerManager:
             return guard_chain(http, rbacs, self.loop)
         assert isinstance(terminal, TcpProxy)
         trt = TcpProxyRuntime(terminal, self.cm, self.stats, self.loop, limit)
+        if owners is not None:
+            owners.append(trt.stats)
 
         def tcp(dst: SocketAddress | None) -> asyncio.Protocol:
             conn = TcpProxyConnection(trt, conns)
@@ -213,7 +227,7 @@ class ListenerManager:
         al.conns = conns
         for chain in (*cfg.filter_chains, cfg.default_filter_chain):
             if chain is not None and id(chain) not in al.chains:
-                al.chains[id(chain)] = self._chain_factory(cfg, chain, conns, al.hcms)
+                al.chains[id(chain)] = self._chain_factory(cfg, chain, conns, al.hcms, al.owners)
         al.inspect = bool(cfg.listener_filters) or cfg.use_original_dst or not cfg.single_chain
         if not cfg.address.pipe:
             own, compat = _keys(cfg.address)
@@ -293,6 +307,7 @@ class ListenerManager:
             else:
                 c.drain()
         if not al.conns:
+            self._forget(al)
             return  # nothing to drain
         self.retired.append(al)
 
@@ -303,8 +318,16 @@ class ListenerManager:
                     t.abort()
             if al in self.retired:
                 self.retired.remove(al)
+            self._forget(al)
 
         self.loop.call_later(drain_time, close)
+
+    def _forget(self, al: ActiveListener) -> None:
+        """The listener is gone: stop flushing its stat blocks (their last values stay; a
+        replacement with the same stat prefix took them over when it registered)."""
+        for obj in al.owners:
+            self.stats.forget(obj)
+        al.owners.clear()
 
     def set_route_configs(self, configs: dict[str, RouteConfiguration], changed: Iterable[str]) -> None:
         """RDS: `configs` is every known RouteConfiguration; the connection managers using a name in
@@ -394,3 +417,14 @@ def _keys(address: SocketAddress) -> tuple[str, str]:
     if ip.version == 6 and address.ipv4_compat and ip.is_unspecified:
         return key, f"0.0.0.0:{address.port}"
     return key, ""
+
+
+def _factory_stats(factories: Iterable[object]) -> list[object]:
+    """The stat blocks of http filter factories (the fault filter's FaultStats)."""
+    out = []
+    for f in factories:
+        rt = getattr(f, "rt", None)
+        st = getattr(rt, "stats", None) if rt is not None else None
+        if st is not None:
+            out.append(st)
+    return out
