@@ -76,7 +76,7 @@ def translate_fault(pb: Any, path: str) -> FaultSettings:
         else:
             kw["abort_from_header"] = True
         kw["abort"] = _fault_percent(a, ap)
-    from sidecar.translate.rds import translate_header_matcher  # rds imports this module
+    from sidecar.translate.route_match import translate_header_matcher  # imports routing: keep it lazy
 
     headers = tuple(translate_header_matcher(h, f"{path}.headers[{i}]") for i, h in enumerate(pb.headers))
     return FaultSettings(

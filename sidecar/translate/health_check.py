@@ -15,7 +15,8 @@ from sidecar.model.health_check import DEFAULT_EXPECTED_STATUSES, HealthCheck, H
 from sidecar.translate.common import enum_name
 from sidecar.translate.errors import ConfigError
 from sidecar.translate.fields import check_fields, duration, opt_duration, opt_uint
-from sidecar.translate.rds import translate_header_value_option, translate_string_matcher
+from sidecar.translate.headers import translate_header_value_option
+from sidecar.translate.route_match import translate_string_matcher
 
 _DURATIONS = (
     "no_traffic_interval",

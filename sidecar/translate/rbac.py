@@ -89,13 +89,13 @@ _REFUSED = {
 
 
 def _string_matcher(pb: Any, path: str) -> StringMatch:
-    from sidecar.translate.rds import translate_string_matcher  # rds imports routing: keep it lazy
+    from sidecar.translate.route_match import translate_string_matcher  # imports routing: keep it lazy
 
     return translate_string_matcher(pb, path)
 
 
 def _header_node(pb: Any, path: str) -> HeaderNode:
-    from sidecar.translate.rds import translate_header_matcher
+    from sidecar.translate.route_match import translate_header_matcher
 
     return HeaderNode(translate_header_matcher(pb, path))
 

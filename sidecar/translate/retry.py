@@ -58,7 +58,7 @@ def translate_retry_policy(pb: rc_pb2.RetryPolicy, path: str) -> RetryPolicy:
     if pb.HasField("per_try_idle_timeout"):
         kw["per_try_idle_timeout"] = milliseconds(pb.per_try_idle_timeout, f"{path}.per_try_idle_timeout")
     if pb.retriable_headers:
-        from sidecar.translate.rds import translate_header_matcher  # rds imports this module
+        from sidecar.translate.route_match import translate_header_matcher  # imports routing: keep it lazy
 
         kw["retriable_headers"] = tuple(
             translate_header_matcher(h, f"{path}.retriable_headers[{i}]") for i, h in enumerate(pb.retriable_headers)
