@@ -7,6 +7,7 @@ from enum import Enum
 
 from sidecar.model.endpoint import Endpoint, SocketAddress
 from sidecar.model.health_check import HealthCheck
+from sidecar.model.istio import MetadataExchange
 from sidecar.model.outlier import OutlierDetection
 from sidecar.model.tls import UpstreamTlsContext
 
@@ -100,6 +101,10 @@ class Cluster:
     # deprecated cluster fields): 0 means unlimited / disabled.
     max_requests_per_connection: int = 0
     idle_timeout: float = 3600.0  # Envoy: 1 hour for upstream connections
+    # HTTP/2 to the upstream (explicit http2_protocol_options): accepted so that gRPC config sources
+    # (Istio's xds-grpc, sds-grpc) and istiod's grpc clusters load; the HTTP/1 pool refuses to
+    # send requests to such a cluster (502, reset reason "protocol error") until HTTP/2 lands.
+    http2: bool = False
     # Envoy's default for both downstream and upstream buffers is 1 MiB.
     per_connection_buffer_limit_bytes: int = 1024 * 1024
     # The bytes of the proto that produced this cluster: live state is kept while it is unchanged.
@@ -137,3 +142,6 @@ class Cluster:
     # endpoint's metadata, then its locality's; none matching falls back to transport_socket).
     transport_socket: UpstreamTlsContext | None = None
     transport_socket_matches: tuple[TransportSocketMatch, ...] = ()
+    # Cluster.filters: Istio's istio.metadata_exchange upstream filter (translate/istio.py), the
+    # preamble's upstream side (l4/metadata_exchange.py); Istio's other cluster filters are skipped.
+    metadata_exchange: MetadataExchange | None = None

@@ -187,10 +187,7 @@ def translate_bootstrap(pb: bootstrap_pb2.Bootstrap, options: NodeOptions) -> Sn
     check_fields(sr, "static_resources", handled=("listeners", "clusters", "secrets"))
     secrets = translate_static_secrets(sr.secrets, "static_resources.secrets")
     clusters: dict[str, Cluster] = {}
-    grpc_clusters = _xds_clusters(pb)
     for i, c in enumerate(sr.clusters):
-        if c.name in grpc_clusters:
-            c = _without_http2(c)
         cluster = cds.translate_cluster(c, f"static_resources.clusters[{i}]")
         if cluster.name in clusters:
             raise ConfigError(
@@ -248,29 +245,6 @@ def translate_dynamic(pb: bootstrap_pb2.Bootstrap, options: NodeOptions | None) 
 def _uses_rds(listener: Listener) -> bool:
     chains = (*listener.filter_chains, listener.default_filter_chain)
     return any(getattr(f, "rds_name", "") for c in chains if c is not None for f in c.filters)
-
-
-def _xds_clusters(pb: bootstrap_pb2.Bootstrap) -> frozenset[str]:
-    """The static clusters dynamic_resources reaches its control plane through (envoy_grpc)."""
-    if not pb.HasField("dynamic_resources"):
-        return frozenset()
-    d = pb.dynamic_resources
-    apis = [d.ads_config]
-    apis += [src.api_config_source for src in (d.lds_config, d.cds_config) if src.HasField("api_config_source")]
-    return frozenset(g.envoy_grpc.cluster_name for api in apis for g in api.grpc_services if g.HasField("envoy_grpc"))
-
-
-def _without_http2(c: Any) -> Any:
-    """An xDS cluster speaks gRPC (HTTP/2) through the xDS client's own channel, never through the
-    proxy's upstream pools, so its HTTP/2 options (which those pools refuse) are dropped here."""
-    key = cds.HTTP_PROTOCOL_OPTIONS[0]
-    if key not in c.typed_extension_protocol_options and not c.HasField("http2_protocol_options"):
-        return c
-    c = type(c).FromString(c.SerializeToString())
-    c.ClearField("http2_protocol_options")
-    if key in c.typed_extension_protocol_options:
-        del c.typed_extension_protocol_options[key]
-    return c
 
 
 def _check_unique(listener: Listener, seen: list[Listener], path: str) -> None:

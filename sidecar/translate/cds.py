@@ -32,8 +32,9 @@ from sidecar.translate.common import config_hash, enum_name, is_ip, log_ignored,
 from sidecar.translate.errors import ConfigError
 from sidecar.translate.fields import check_fields, opt_duration, opt_uint
 from sidecar.translate.health_check import translate_health_checks
+from sidecar.translate.istio import cluster_filters
 from sidecar.translate.outlier import translate_outlier_detection
-from sidecar.translate.tls import refuse_dynamic_sds, translate_transport_socket
+from sidecar.translate.tls import translate_transport_socket
 from sidecar.upstream.lb.maglev import is_prime
 
 # The names Envoy registers HttpProtocolOptions under (the current one and the pre-1.17 one).
@@ -79,6 +80,7 @@ _HANDLED = (
     "cleanup_interval",
     "upstream_bind_config",
     "eds_cluster_config",
+    "filters",
 )
 # TLS (translate/tls.py; selected per host by sidecar/tls/wiring.py).
 _TLS_FIELDS = ("transport_socket", "transport_socket_matches")
@@ -127,6 +129,16 @@ def translate_cluster(pb: cluster_pb2.Cluster, path: str) -> Cluster:
     if dns_refresh_rate <= 0.001:
         raise ConfigError(f"{path}.dns_refresh_rate", "value must be greater than 1ms")
     idle_timeout, max_requests = _protocol_options(pb, path)
+    http2 = _wants_http2(pb)
+    if http2:
+        # Istio's bootstrap clusters xds-grpc and sds-grpc are HTTP/2 (gRPC config sources: the xDS
+        # client speaks gRPC itself), and istiod sends HTTP/2 clusters for grpc/http2 ports.  Accept
+        # them; HTTP requests routed to one get a 502 (reset reason: protocol error) until the
+        # HTTP/2 upstream codec exists, rather than the whole CDS response being refused.
+        log_ignored(
+            f"cluster '{pb.name}' HTTP/2 upstream protocol options",
+            "HTTP/2 upstreams are not implemented yet: only gRPC config sources may use this cluster",
+        )
     breakers = _circuit_breakers(pb, path)
     return Cluster(
         name=pb.name,
@@ -139,6 +151,7 @@ def translate_cluster(pb: cluster_pb2.Cluster, path: str) -> Cluster:
         respect_dns_ttl=pb.respect_dns_ttl,
         max_requests_per_connection=max_requests,
         idle_timeout=idle_timeout,
+        http2=http2,
         per_connection_buffer_limit_bytes=opt_uint(pb, "per_connection_buffer_limit_bytes", 1024 * 1024),
         config_hash=config_hash(pb),
         outlier_detection=(
@@ -151,6 +164,7 @@ def translate_cluster(pb: cluster_pb2.Cluster, path: str) -> Cluster:
         **_lb_policy_config(pb.load_assignment, f"{path}.load_assignment"),
         original_dst=original_dst,
         upstream_bind_address=_bind_address(pb, path),
+        metadata_exchange=cluster_filters(list(pb.filters), f"{path}.filters"),
         **_transport_sockets(pb, path),
         **_eds(pb, kind, path),
         **lb_kw,
@@ -165,7 +179,6 @@ def _transport_sockets(pb: cluster_pb2.Cluster, path: str) -> dict[str, Any]:
     if pb.HasField("transport_socket"):
         tls = translate_transport_socket(pb.transport_socket, f"{path}.transport_socket", downstream=False)
         assert tls is None or isinstance(tls, UpstreamTlsContext)
-        refuse_dynamic_sds(tls, f"{path}.transport_socket.typed_config")
         kw["transport_socket"] = tls
     matches = []
     for i, m in enumerate(pb.transport_socket_matches):
@@ -177,7 +190,6 @@ def _transport_sockets(pb: cluster_pb2.Cluster, path: str) -> dict[str, Any]:
         if m.HasField("transport_socket"):
             tls = translate_transport_socket(m.transport_socket, f"{mp}.transport_socket", downstream=False)
             assert tls is None or isinstance(tls, UpstreamTlsContext)
-            refuse_dynamic_sds(tls, f"{mp}.transport_socket.typed_config")
         matches.append(TransportSocketMatch(m.name, struct_labels(m.match), tls))
     if matches:
         kw["transport_socket_matches"] = tuple(matches)
@@ -329,8 +341,10 @@ def _lb_policy_config(la: Any, path: str) -> dict[str, Any]:
 
 
 def _circuit_breakers(pb: cluster_pb2.Cluster, path: str) -> Thresholds:
-    """circuit_breakers.thresholds[priority DEFAULT]; HIGH-priority thresholds are kept by Envoy for
-    high-priority routes, which sidecar does not have (every route is DEFAULT), so they are refused."""
+    """circuit_breakers.thresholds[priority DEFAULT].  HIGH-priority thresholds apply to routes with
+    `priority: HIGH`, which rds.py refuses (every route is DEFAULT here), so a HIGH threshold is
+    checked and kept out of the model: it could never be consulted.  (Istio's bootstrap sets one on
+    xds-grpc.)"""
     if not pb.HasField("circuit_breakers"):
         return Thresholds()
     cb = pb.circuit_breakers
@@ -352,21 +366,23 @@ def _circuit_breakers(pb: cluster_pb2.Cluster, path: str) -> Thresholds:
             ),
             ignored=("track_remaining",),
         )
-        if t.priority != 0:
-            raise ConfigError(f"{tp}.priority", "only DEFAULT priority thresholds are supported by sidecar yet")
         budget: dict[str, Any] = {}
         if t.HasField("retry_budget"):
             rb = t.retry_budget
             check_fields(rb, f"{tp}.retry_budget", handled=("budget_percent", "min_retry_concurrency"))
             budget["retry_budget_percent"] = rb.budget_percent.value if rb.HasField("budget_percent") else 20.0
             budget["min_retry_concurrency"] = opt_uint(rb, "min_retry_concurrency", 3)
-        out = Thresholds(
+        thresholds = Thresholds(
             max_connections=opt_uint(t, "max_connections", 1024),
             max_pending_requests=opt_uint(t, "max_pending_requests", 1024),
             max_requests=opt_uint(t, "max_requests", 1024),
             max_retries=opt_uint(t, "max_retries", 3),
             **budget,
         )
+        if t.priority == 0:
+            out = thresholds
+        else:
+            log_ignored(f"{tp}.priority", "HIGH thresholds apply to HIGH priority routes, which sidecar refuses")
     return out
 
 
@@ -599,10 +615,6 @@ def _protocol_options(pb: cluster_pb2.Cluster, path: str) -> tuple[float, int]:
             if pb.HasField(name):
                 log_ignored(f"{path}.{name}", "typed_extension_protocol_options take precedence")
         return idle, mrpc or deprecated_mrpc
-    if pb.HasField("http2_protocol_options"):
-        raise ConfigError(
-            f"{path}.http2_protocol_options", "HTTP/2 upstreams are not supported by sidecar yet"
-        )
     if pb.HasField("upstream_http_protocol_options"):
         raise ConfigError(f"{path}.upstream_http_protocol_options", "field is not supported by sidecar yet")
     if enum_name(pb, "protocol_selection", path) != "USE_CONFIGURED_PROTOCOL":
@@ -636,10 +648,21 @@ def _check_http_protocol_options(opts: http_protocol_options_pb2.HttpProtocolOpt
     kind = explicit.WhichOneof("protocol_config")
     if kind is None:
         raise ConfigError(ep, 'field: "protocol_config", reason: is required')
+    if kind == "http2_protocol_options":
+        return  # accepted, see _wants_http2
     if kind != "http_protocol_options":
-        version = "HTTP/2" if kind == "http2_protocol_options" else "HTTP/3"
-        raise ConfigError(f"{ep}.{kind}", f"{version} upstreams are not supported by sidecar yet")
+        raise ConfigError(f"{ep}.{kind}", "HTTP/3 upstreams are not supported by sidecar yet")
     _http1(explicit.http_protocol_options, f"{ep}.http_protocol_options")
+
+
+def _wants_http2(pb: cluster_pb2.Cluster) -> bool:
+    """HTTP/2 to the upstream: explicit_http_config.http2_protocol_options in the typed
+    HttpProtocolOptions, else the deprecated cluster field http2_protocol_options."""
+    for key in pb.typed_extension_protocol_options:
+        if key in HTTP_PROTOCOL_OPTIONS:
+            opts = unpack(pb.typed_extension_protocol_options[key], _HPO, "")
+            return bool(opts.explicit_http_config.HasField("http2_protocol_options"))
+    return bool(pb.HasField("http2_protocol_options"))
 
 
 def _http1(opts: protocol_pb2.Http1ProtocolOptions, path: str) -> None:

@@ -56,6 +56,7 @@ _CLUSTER_COUNTERS = (
     "membership_change",
     "upstream_rq_completed",
     "upstream_cx_overflow",
+    "upstream_cx_protocol_error",
     "upstream_rq_pending_overflow",
     "upstream_rq_per_try_timeout",
     "upstream_rq_per_try_idle_timeout",
@@ -87,6 +88,7 @@ class ClusterStats:
     # The attributes named in _CLUSTER_COUNTERS / _CLUSTER_GAUGES (set by the loop in __init__),
     # declared for the type checker only: with __slots__ a bare annotation makes no class attribute.
     upstream_cx_connect_fail: int
+    upstream_cx_protocol_error: int
     upstream_cx_destroy: int
     upstream_cx_destroy_local_with_active_rq: int
     upstream_cx_destroy_remote_with_active_rq: int
@@ -137,7 +139,7 @@ class ClusterStats:
             for i, n in zip(by_class, totals, strict=True):
                 row[i] = n
 
-        stats.hook(flush)
+        stats.hook(flush, self)  # runs only while this block is hot (codes change with upstream_rq_completed)
 
     def response(self, status: int) -> None:
         self.upstream_rq_completed += 1
@@ -384,6 +386,7 @@ class ClusterState:
                     st.upstream_cx_total or st.upstream_cx_tx_bytes_total or st.upstream_cx_rx_bytes_total
                 ),
                 self._on_health_check,
+                cluster=self,
             )
             self._sync_health_checks()
         first = self._hc.first_round()

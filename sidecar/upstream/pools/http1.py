@@ -301,6 +301,12 @@ class Http1Pool:
             self.loop.create_task(self._connect(handler))
 
     async def _connect(self, handler: UpstreamHandler) -> None:
+        if self.host.cluster.config.http2:
+            # An HTTP/2 cluster (model.cluster.Cluster.http2): never send it HTTP/1.1 bytes.
+            self.cstats.upstream_cx_protocol_error += 1
+            self.connection_gone()
+            handler.on_upstream_failure(local_reply.RESET_PROTOCOL_ERROR)
+            return
         conn = Http1UpstreamConnection(self)
         self.cstats.upstream_cx_total += 1
         addr = self.host.address

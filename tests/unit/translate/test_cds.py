@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.route.v3 import route_pb2
 from google.protobuf import json_format
 
 from sidecar.model.cluster import DiscoveryType, DnsLookupFamily, LbPolicy
@@ -15,6 +16,7 @@ from sidecar.model.endpoint import Endpoint, SocketAddress
 from sidecar.translate.cds import translate_cluster
 from sidecar.translate.common import preload_types
 from sidecar.translate.errors import ConfigError
+from sidecar.translate.rds import translate_route_configuration
 
 P = "static_resources.clusters[0]"
 HPO = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -277,11 +279,6 @@ def test_static_cluster_without_load_assignment_is_empty() -> None:
             "field is not supported by sidecar yet",
         ),
         (
-            {"http2_protocol_options": {}},
-            f"{P}.http2_protocol_options",
-            "HTTP/2 upstreams are not supported by sidecar yet",
-        ),
-        (
             {"protocol_selection": "USE_DOWNSTREAM_PROTOCOL"},
             f"{P}.protocol_selection",
             "USE_DOWNSTREAM_PROTOCOL is not supported by sidecar yet",
@@ -435,13 +432,9 @@ def test_typed_options_win_over_deprecated_ones() -> None:
             'field: "upstream_protocol_options", reason: is required',
         ),
         (
-            {
-                "typed_extension_protocol_options": typed_hpo(
-                    explicit_http_config={"http2_protocol_options": {}}
-                )
-            },
-            f"{P}.typed_extension_protocol_options[{HPO}].explicit_http_config.http2_protocol_options",
-            "HTTP/2 upstreams are not supported by sidecar yet",
+            {"typed_extension_protocol_options": typed_hpo(explicit_http_config={"http3_protocol_options": {}})},
+            f"{P}.typed_extension_protocol_options[{HPO}].explicit_http_config.http3_protocol_options",
+            "HTTP/3 upstreams are not supported by sidecar yet",
         ),
         (
             {"typed_extension_protocol_options": typed_hpo(auto_config={"http_protocol_options": {}})},
@@ -481,13 +474,38 @@ def test_circuit_breaker_thresholds_default_priority() -> None:
     )
     t = translate_cluster(pb, "clusters[0]").circuit_breakers
     assert (t.max_connections, t.max_pending_requests, t.max_requests, t.max_retries) == (1024, 1024, 7, 0)
-    high = json_format.ParseDict(
-        {"name": "c", "circuit_breakers": {"thresholds": [{"priority": "HIGH", "max_requests": 7}]}},
+    # HIGH thresholds only apply to HIGH priority routes, which are refused: checked, then left out
+    # (Istio's bootstrap sets both on xds-grpc).
+    both = json_format.ParseDict(
+        {"name": "c", "circuit_breakers": {"thresholds": [
+            {"priority": "HIGH", "max_requests": 9}, {"max_requests": 7}, {"priority": "HIGH", "max_requests": 5}]}},
         cluster_pb2.Cluster(),
     )
+    assert translate_cluster(both, "clusters[0]").circuit_breakers.max_requests == 7
+    high_route = json_format.ParseDict(
+        {"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "route": {"cluster": "c", "priority": "HIGH"}}]}]},
+        route_pb2.RouteConfiguration(),
+    )
     with pytest.raises(ConfigError) as e:
-        translate_cluster(high, "clusters[0]")
-    assert e.value.path == "clusters[0].circuit_breakers.thresholds[0].priority"
+        translate_route_configuration(high_route, "r")
+    assert e.value.path.endswith("routes[0].route.priority")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"http2_protocol_options": {}},
+        {"typed_extension_protocol_options": typed_hpo(explicit_http_config={"http2_protocol_options": {}})},
+    ],
+)
+def test_http2_clusters_are_accepted_and_marked(options: dict[str, Any]) -> None:
+    """Istio's bootstrap (xds-grpc, sds-grpc) and istiod's grpc clusters are HTTP/2: they load, marked
+    `http2` so the HTTP/1 pool never sends them HTTP/1.1 (it answers 502, protocol error)."""
+    c = translate_cluster(cluster_pb(static_with(**options)), P)
+    assert c.http2 is True
+    assert translate_cluster(cluster_pb(static_with(**{"typed_extension_protocol_options": typed_hpo(**H1)})), P).http2 is False
+    assert translate_cluster(cluster_pb(STATIC), P).http2 is False
 
 
 def test_outlier_detection_defaults_and_fields() -> None:
