@@ -3,20 +3,20 @@
 Steps, each bounded in time: start the toy apps (examples/apps.py) on free loopback ports; render
 examples/bookinfo.yaml with those ports; start the proxy binary found next to sys.executable
 (`sidecar -c <rendered> --concurrency 1 -l warning`); wait for admin /ready; send the scenarios of
-examples/scenarios.py and a weighted split; read admin /stats; print a summary; stop everything.
+examples/scenarios.py and a weighted split; read admin /stats; print a summary.  Then the live-change
+act (examples/live.py): a second proxy configured over ADS by `python -m sidecar.devtools.ads_server`,
+whose files are rewritten while requests flow.  Stop everything.
 
-Exit status: 0 when every scenario got what Envoy gives for this bootstrap, 1 when one did not or
-the proxy died, 2 when the demo could not start (missing binary, proxy never ready), 130 on Ctrl-C
+Exit status: 0 when every scenario got what Envoy gives for this bootstrap and the live change moved
+traffic without an error, 1 when one did not or a proxy died, 2 when the demo could not start (missing binary, proxy never ready), 130 on Ctrl-C
 or SIGTERM.  Child processes are stopped in `finally` whatever happens."""
 
 from __future__ import annotations
 
 import argparse
 import http.client
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +32,8 @@ import yaml
 
 from examples import report
 from examples.apps import start_apps
+from examples.live import run_live
+from examples.procs import DemoError, admin_get, free_ports, proxy_command, start, stop, tail, wait_ready
 from examples.scenarios import (
     REQUEST_TIMEOUT,
     SCENARIOS,
@@ -45,89 +47,16 @@ from examples.scenarios import (
 )
 
 TEMPLATE = Path(__file__).with_name("bookinfo.yaml")
-BUDGET_S = 40.0  # the whole demo, start to summary; it normally takes a few seconds
-READY_S = 15.0  # proxy start to admin /ready answering 200 (LIVE)
-STOP_S = 5.0  # SIGTERM to exit, then SIGKILL
+BUDGET_S = 40.0  # the static act, start to summary; it normally takes a few seconds
+LIVE_BUDGET_S = 30.0  # the live-change act, start to summary; it normally takes a few seconds too
 
-
-class DemoError(Exception):
-    """The demo could not run (as opposed to: it ran and a scenario went wrong)."""
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct loopback ports free right now (bound together, then released)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            socks.append(s)
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+__all__ = ["DemoError", "admin_get", "free_ports", "main", "proxy_command", "render", "run", "tail"]
 
 
 def render(ports: dict[str, int]) -> str:
     """bookinfo.yaml with ${NAME_PORT} filled in; `reviews-v2` fills ${REVIEWS_V2_PORT}."""
     values = {f"{k.upper().replace('-', '_')}_PORT": str(v) for k, v in ports.items()}
     return Template(TEMPLATE.read_text()).substitute(values)
-
-
-def proxy_command(proxy: str, config: Path) -> list[str]:
-    # Next to sys.executable, not resolved: the venv's bin/python is a symlink out of the venv.
-    binary = Path(sys.executable).parent / proxy
-    if not os.access(binary, os.X_OK):
-        raise DemoError(f"{binary} not found or not executable (run `make install` / `make install-test`)")
-    cmd = [str(binary), "-c", str(config), "--concurrency", "1", "-l", "warning"]
-    if proxy == "envoy":
-        cmd.append("--disable-hot-restart")  # no shared memory: several can run side by side
-    return cmd
-
-
-def admin_get(port: int, path: str, timeout: float) -> tuple[int, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode("utf-8", "replace")
-    finally:
-        conn.close()
-
-
-def wait_ready(proc: subprocess.Popen[bytes], admin: int, log: Path) -> float:
-    """Poll admin /ready until it answers 200; seconds taken.  As in Envoy, 200 (LIVE) means the
-    listeners are bound, so the listener ports are not probed (that would show in their stats)."""
-    start = time.monotonic()
-    while time.monotonic() - start < READY_S:
-        if proc.poll() is not None:
-            raise DemoError(f"proxy exited with status {proc.returncode} before it was ready\n{tail(log)}")
-        try:
-            if admin_get(admin, "/ready", 0.5)[0] == 200:
-                return time.monotonic() - start
-        except (OSError, http.client.HTTPException):
-            pass
-        time.sleep(0.05)
-    raise DemoError(f"proxy not ready after {READY_S:.0f} s (admin /ready)\n{tail(log)}")
-
-
-def tail(log: Path, lines: int = 15) -> str:
-    try:
-        text = log.read_text(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return "(no proxy log)"
-    return "proxy log (last lines):\n" + "\n".join("  | " + line for line in text) if text else "(empty log)"
-
-
-def stop(proc: subprocess.Popen[bytes]) -> int:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(STOP_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_S)
-    return proc.returncode
 
 
 def run(proxy: str, split_count: int, out: IO[str]) -> int:
@@ -141,12 +70,7 @@ def run(proxy: str, split_count: int, out: IO[str]) -> int:
         admin, http_port, tcp_port, dead = free_ports(4)
         ports = {**apps.ports, "admin": admin, "http": http_port, "tcp": tcp_port, "dead": dead}
         config.write_text(render(ports))
-        cmd = proxy_command(proxy, config)
-        with log.open("wb") as logf:
-            # Own session: Ctrl-C reaches only the demo, which then stops the proxy in order.
-            proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        proc = start(proxy_command(proxy, config), log)
         took = wait_ready(proc, admin, log)
         print(
             f"bookinfo demo through {proxy} (pid {proc.pid}, ready in {took:.1f} s): "
@@ -174,15 +98,20 @@ def run(proxy: str, split_count: int, out: IO[str]) -> int:
         split_ok = set(tally) == set(SPLIT_EXPECTED) and sum(tally.values()) == split_count
         if not alive:
             print(f"\nFAIL: the proxy exited during the demo (status {proc.returncode})", file=out)
-        ok = not failures and split_ok and alive
+        static_ok = not failures and split_ok and alive
+        if not static_ok:
+            print(tail(log), file=out)
+        stop(proc)  # the live act runs its own proxy: leave it the CPU
+
+        live = run_live(proxy, apps.ports, tmp, LIVE_BUDGET_S, out)
+        print("\n".join(live.lines), file=out)
+        ok = static_ok and live.ok
         print(
             f"\nresult: {len(outcomes) - len(failures)}/{len(outcomes)} scenarios ok, weighted split "
-            f"{'ok' if split_ok else 'NOT ok'}, proxy {'up' if alive else 'DIED'}: "
-            f"{'as expected' if ok else 'NOT as expected'} (exit {0 if ok else 1})",
+            f"{'ok' if split_ok else 'NOT ok'}, live change {'ok' if live.ok else 'NOT ok'}, "
+            f"proxy {'up' if alive else 'DIED'}: {'as expected' if ok else 'NOT as expected'} (exit {0 if ok else 1})",
             file=out,
         )
-        if not ok:
-            print(tail(log), file=out)
         return 0 if ok else 1
     finally:
         # A second Ctrl-C must not cut the clean-up short (every step below is bounded).

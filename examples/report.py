@@ -119,3 +119,25 @@ def stats_lines(
         "upstream_cx_connect_fail, upstream_cx_none_healthy)"
     )
     return lines
+
+
+def live_lines(phases: Sequence[tuple[str, Counter[str]]], answers: Sequence[str]) -> list[str]:
+    """One row per phase of the live-change act: requests, then a count per app, then errors."""
+    rows = []
+    for label, tally in phases:
+        errors = sum(n for who, n in tally.items() if who not in answers)
+        rows.append([label, str(sum(tally.values())), *[str(tally.get(a, 0)) for a in answers], str(errors)])
+    return table(["phase", "requests", *answers, "errors"], rows)
+
+
+_XDS_STATS = (
+    ("lds", "listener_manager.lds.update_success"),
+    ("cds", "cluster_manager.cds.update_success"),
+    ("rds live", "http.live_http.rds.live.update_success"),
+    ("eds reviews-v2", "cluster.reviews-v2.update_success"),
+)
+
+
+def xds_stats_line(stats: Mapping[str, int]) -> str:
+    """The update_success counters of the live act's xDS subscriptions ('-' when not reported)."""
+    return "  ".join(f"{label} updates={_get(stats, name)}" for label, name in _XDS_STATS)
