@@ -28,6 +28,7 @@ from sidecar.http import date
 from sidecar.listener.manager import ListenerManager, make_socket
 from sidecar.model.listener import Listener
 from sidecar.model.snapshot import Snapshot
+from sidecar.observe import access_log_sink
 from sidecar.observe.stats import Stats
 from sidecar.tls.wiring import wiring_for
 from sidecar.upstream.cluster_manager import ClusterManager
@@ -64,6 +65,29 @@ def setup_logging(opts: Options) -> None:
         logging.getLogger(f"sidecar.{comp}").setLevel(_LEVELS.get(level, logging.INFO))
 
 
+def _sds_only_xds(snapshot: Snapshot, opts: Options) -> Any:
+    """A bootstrap without dynamic_resources whose static listeners or clusters take secrets from an
+    SDS api_config_source (Istio: envoy_grpc cluster sds-grpc) still needs the xDS client: the
+    (DynamicResources with nothing but the node, node proto) for it, or None."""
+    from sidecar.xds import sds
+
+    refs = [r for c in snapshot.clusters.values() for r in sds.cluster_refs(c)]
+    refs += [r for lst in snapshot.listeners for r in sds.listener_refs(lst)]
+    if not refs:
+        return None
+    from envoy.config.core.v3 import base_pb2
+    from google.protobuf import json_format
+
+    from sidecar.xds.config import DynamicResources
+    from sidecar.xds.node import build_node
+
+    node_json = snapshot.bootstrap_json.get("node")
+    node = None
+    if isinstance(node_json, dict):
+        node = json_format.ParseDict(node_json, base_pb2.Node(), ignore_unknown_fields=True)
+    return DynamicResources(), build_node(node, opts)
+
+
 class Server:
     """One sidecar process tree.  Implements admin.context.AdminContext for the admin server."""
 
@@ -71,7 +95,7 @@ class Server:
         self.opts = opts
         # (xds.config.DynamicResources, node proto) with dynamic_resources: the main process runs the
         # xDS client (xds/driver.py) and relays each accepted response to the workers over a pipe.
-        self._xds = xds
+        self._xds = xds if xds is not None else _sds_only_xds(snapshot, opts)
         self._driver: Any = None
         self._dynamic: Any = None
         self._pipes: list[tuple[int, int]] = []
@@ -84,7 +108,7 @@ class Server:
             # Shared names with several workers: TLS stats (ssl.ciphers.*, ssl.versions.* ...) are made
             # at each worker's first handshakes, in no fixed order across workers.
             Stats(workers=self._concurrency, shared_names=self._concurrency > 1)
-            if xds is None
+            if self._xds is None
             else Stats(workers=self._concurrency, max_slots=1 << 20, shared_names=self._concurrency > 1)
         )
         self._start = time.time()
@@ -181,12 +205,17 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         self._tick_date()
+        # Access log sinks: flushed every --file-flush-interval-msec, or at --file-flush-min-size-kb.
+        opts = self.opts
+        access_log_sink.configure(opts.file_flush_interval_msec / 1000, opts.file_flush_min_size_kb * 1024)
+        log_flusher = access_log_sink.start_flusher(loop)
         # TLS: static secrets into this worker's SecretStore (certificate files polled from here on).
         wiring_for(loop, self._stats).prepare(self._snapshot.secrets, self._snapshot.clusters.values())
         cm = self.clusters = ClusterManager(self._stats, loop)
         cm.update(self._snapshot.clusters)
         await cm.initialize()
         lm = self.listeners = ListenerManager(loop, cm, self._stats)
+        lm.local_node = self._snapshot.node
         # bind_to_port: false listeners have no socket; they are registered for hand-off.
         await lm.start(sockets, unbound=[lst for lst in self._snapshot.listeners if not lst.bind_to_port])
         feed = await self._start_dynamic(worker, cm, lm)
@@ -237,6 +266,7 @@ class Server:
         if admin is not None:
             await admin.close()
         cm.close()
+        log_flusher.cancel()  # and a last flush of the access logs
         return 0
 
     async def _start_dynamic(self, worker: int, cm: ClusterManager, lm: ListenerManager) -> Any:
@@ -281,7 +311,9 @@ class Server:
 
     def _tick_date(self) -> None:
         date.refresh(time.time())
-        self._stats.flush()  # per-request counters are plain ints until flushed (observe/stats.py)
+        # Per-request counters are plain ints until flushed; the flush walks only the blocks written
+        # since they last went quiet (observe/stats.py), so it costs nothing per idle cluster.
+        self._stats.flush()
         assert self.loop is not None
         self.loop.call_later(0.5, self._tick_date)
 
@@ -355,14 +387,14 @@ class Server:
     def xds_resources(self, type_url: str) -> Sequence[XdsResource]:
         if self._dynamic is None:
             return []
-        from google.protobuf import json_format
+        from sidecar.admin.protojson import proto_json
 
         return [
             XdsResource(
                 name=name,
                 version_info=acc.version_info,
                 last_updated=acc.last_updated,
-                resource=json_format.MessageToDict(acc.proto, preserving_proto_field_name=True),
+                resource=proto_json(acc.proto),
                 warming=warming,
             )
             for name, acc, warming in self._dynamic.resources(type_url)

@@ -200,13 +200,11 @@ def build(ctx: AdminContext, include_eds: bool) -> list[dict[str, Any]]:
                 "EndpointsConfigDump",
                 {
                     "static_endpoint_configs": static_eps,
+                    # Envoy (ClusterManagerImpl's endpoint dump) writes, for each cluster added
+                    # via CDS, only endpoint_config, built from its current hosts (not the last
+                    # ClusterLoadAssignment received): no version_info, no last_updated.
                     "dynamic_endpoint_configs": [
-                        {
-                            "version_info": r.version_info,
-                            "endpoint_config": _resource(r, ENDPOINT_TYPE),
-                            "last_updated": timestamp(r.last_updated),
-                        }
-                        for r in ctx.xds_resources(ENDPOINT_TYPE)
+                        {"endpoint_config": _static_endpoints(ctx, r.name)} for r in cds if not r.warming
                     ],
                 },
             )
@@ -263,12 +261,13 @@ def build(ctx: AdminContext, include_eds: bool) -> list[dict[str, Any]]:
     sds = ctx.xds_resources(SECRET_TYPE)
 
     def dyn_secret(r: XdsResource) -> dict[str, Any]:
-        return {
-            "name": r.name,
-            "version_info": r.version_info,
-            "last_updated": timestamp(r.last_updated),
-            "secret": _resource(r, SECRET_TYPE),
-        }
+        out: dict[str, Any] = {"name": r.name}
+        if r.version_info:
+            out["version_info"] = r.version_info
+        if r.last_updated:  # a warming secret (subscribed, nothing received) has neither
+            out["last_updated"] = timestamp(r.last_updated)
+        out["secret"] = _resource(r, SECRET_TYPE)
+        return out
 
     configs.append(
         section(

@@ -112,3 +112,75 @@ def redact(v: Any, parent: str = "") -> Any:
     if isinstance(v, list):
         return [redact(x, parent) for x in v]
     return v
+
+
+_OPAQUE = "type.googleapis.com/google.protobuf.BytesValue"
+
+
+def proto_json(msg: Any) -> dict[str, Any]:
+    """`msg` as Envoy's admin prints it (proto field names).  Every Any inside has its type imported
+    first; an Any whose type sidecar has no descriptor for (Istio's private configs such as
+    stats.PluginConfig) prints as {"@type": its URL, "value": base64 bytes} instead of failing the
+    whole dump, which is what json_format does with an unknown type."""
+    from google.protobuf import json_format
+
+    unknown: dict[str, str] = {}
+    copy = type(msg)()
+    copy.CopyFrom(msg)
+    _resolve_anys(copy, unknown, 0)
+    out: dict[str, Any] = json_format.MessageToDict(copy, preserving_proto_field_name=True)
+    if unknown:
+        _restore_urls(out, unknown, 0)
+    return out
+
+
+def _resolve_anys(msg: Any, unknown: dict[str, str], depth: int) -> None:
+    """Import each Any's type; wrap the ones that stay unknown as BytesValue, remembering their URL
+    by the base64 of their bytes (restored by _restore_urls)."""
+    import base64
+
+    from google.protobuf import wrappers_pb2
+
+    from sidecar.translate.common import message_class
+
+    if depth > 100:
+        return
+    if msg.DESCRIPTOR.full_name == "google.protobuf.Any":
+        cls = message_class(msg.type_url) if msg.type_url else None
+        if cls is None:
+            raw = bytes(msg.value)
+            unknown[base64.b64encode(raw).decode()] = msg.type_url
+            msg.Pack(wrappers_pb2.BytesValue(value=raw))
+            return
+        inner = cls()
+        if msg.Unpack(inner):
+            _resolve_anys(inner, unknown, depth + 1)
+            msg.Pack(inner)
+        return
+    for field, value in msg.ListFields():
+        if field.message_type is None:
+            continue
+        if field.is_repeated:
+            if field.message_type.GetOptions().map_entry:
+                vfield = field.message_type.fields_by_name["value"]
+                if vfield.message_type is not None:
+                    for v in value.values():
+                        _resolve_anys(v, unknown, depth + 1)
+            else:
+                for v in value:
+                    _resolve_anys(v, unknown, depth + 1)
+        else:
+            _resolve_anys(value, unknown, depth + 1)
+
+
+def _restore_urls(obj: Any, unknown: Mapping[str, str], depth: int) -> None:
+    if depth > 200:
+        return
+    if isinstance(obj, dict):
+        if obj.get("@type") == _OPAQUE and obj.get("value") in unknown:
+            obj["@type"] = unknown[obj["value"]]
+        for v in obj.values():
+            _restore_urls(v, unknown, depth + 1)
+    elif isinstance(obj, list):
+        for v in obj:
+            _restore_urls(v, unknown, depth + 1)

@@ -22,7 +22,7 @@ HOP_BY_HOP_RESPONSE = frozenset(
 # "Unknown" (so 418 is "418 Unknown", not Python's "I'm a Teapot").  Checked against Envoy 1.40 for
 # every code 200..599 (direct_response); 425 and 599 are newer than the codes.cc most copies show.
 _ENVOY_REASONS = {
-    100: "Continue", 200: "OK", 201: "Created", 202: "Accepted", 203: "Non-Authoritative Information",
+    100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Created", 202: "Accepted", 203: "Non-Authoritative Information",
     204: "No Content", 205: "Reset Content", 206: "Partial Content", 207: "Multi-Status",
     208: "Already Reported", 226: "IM Used", 300: "Multiple Choices", 301: "Moved Permanently",
     302: "Found", 303: "See Other", 304: "Not Modified", 305: "Use Proxy", 307: "Temporary Redirect",

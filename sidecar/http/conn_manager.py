@@ -11,9 +11,10 @@ requests (HTTP 200, grpc-status, grpc-message) as Envoy's sendLocalReply does.""
 
 from __future__ import annotations
 
+import random
 from typing import TYPE_CHECKING, Any
 
-from sidecar.http import date, local_reply
+from sidecar.http import date, local_reply, trace_reason, upgrade
 from sidecar.http.codec_h1 import HOP_BY_HOP_RESPONSE, LAST_CHUNK, encode_chunk, encode_response_head
 from sidecar.http.edge import (
     InternalAddresses,
@@ -31,10 +32,12 @@ from sidecar.model.listener import (
     ServerHeaderTransformation,
 )
 from sidecar.model.route import Route, RouteAction, VirtualHost
+from sidecar.observe import access_log_emit
 from sidecar.observe.stats import Stats
 
 if TYPE_CHECKING:
     from sidecar.http.protocol import Http1ServerConnection
+    from sidecar.model.tracing import Tracing
     from sidecar.upstream.cluster_manager import ClusterManager
 
 def _weights_mutate(route: Route) -> bool:
@@ -167,6 +170,7 @@ class HcmRuntime:
     """Everything a connection of one HCM needs, built off the hot path."""
 
     __slots__ = (
+        "access_logs",
         "all_factories",
         "buffer_limit",
         "cfg",
@@ -209,6 +213,8 @@ class HcmRuntime:
         self.cfg = cfg
         self.cluster_manager = cluster_manager
         self.loop = loop
+        # HttpConnectionManager.access_log (None when there are none: streams then keep no log state).
+        self.access_logs = access_log_emit.build(getattr(cfg, "access_log", ()))
         self.route_config = cfg.route_config
         self.table = cfg.route_config.table
         self.stats = HcmStats(stats, cfg.stat_prefix)
@@ -288,6 +294,7 @@ class Stream:
     """One request and its response on a downstream connection."""
 
     __slots__ = (
+        "alog",
         "body_expected",
         "chunked_out",
         "close_after",
@@ -309,6 +316,8 @@ class Stream:
         "rt",
         "started",
         "status",
+        "trace_op",
+        "upgrade",
         "vhost",
     )
 
@@ -334,6 +343,11 @@ class Stream:
         self.host_missing = False  # no Host header at all (an empty one is allowed, RFC 9112 3.2)
         self.status = 0
         self.request_id = b""
+        self.upgrade: bytes | None = None  # set by the codec: the Upgrade type of an upgrade request
+        # HCM tracing and Route.decorator: x-envoy-decorator-operation for the response (b"": remove it).
+        self.trace_op: bytes | None = None
+        # Access log state (times, byte counts), only when the HCM has access logs.
+        self.alog = access_log_emit.HttpLogState(conn.msg_begin or rt.loop.time()) if rt.access_logs else None
 
     # -- request side ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -372,10 +386,10 @@ class Stream:
             # internal_address_config or internal_only_headers: the slower, general edge.  `internal`
             # is set only here (other streams never read it).
             self.request_id, self.internal = mutate_request_headers_trusting(
-                head, cfg, self.conn.peer_ip, rt.trust, rt.internal_only
+                head, cfg, self.conn.peer_ip, rt.trust, rt.internal_only, self.conn
             )
         else:
-            self.request_id = mutate_request_headers(head, cfg, self.conn.peer_ip)
+            self.request_id = mutate_request_headers(head, cfg, self.conn.peer_ip, self.conn)
         table = rt.table
         path = head.path
         sel = table.select_cached(head.authority, path, head) if table else None
@@ -383,6 +397,12 @@ class Stream:
             self.vhost, self.route = sel
             if rt.route_timers:
                 self._route_timers(sel[1])
+        if cfg.tracing is not None:
+            self._trace_reason(head, cfg.tracing)
+        if self.upgrade is not None and not upgrade.allowed(self.upgrade, cfg.upgrade_types, self.route):
+            # Not enabled by upgrade_configs (route or connection manager): Envoy's 403, empty body.
+            self.local_reply(403, None, close=True)
+            return
         ff = rt.filter_factories
         filters = self.filters = (ff[0](),) if len(ff) == 1 else tuple([f() for f in ff])
         # A request without a body is complete at its head (llhttp reports the end right after).
@@ -396,6 +416,25 @@ class Stream:
             last = len(pending) - 1
             for i, chunk in enumerate(pending):
                 self._decode_body(chunk, self.req_done and i == last)
+
+    def _trace_reason(self, head: RequestHead, tracing: Tracing) -> None:
+        """HCM tracing: the x-request-id trace reason (http/trace_reason.py), after route selection
+        as Envoy's mutateTracingRequestHeader; no tracer runs (no span, no x-b3-* headers)."""
+        rid = self.request_id
+        new = trace_reason.decide(
+            rid,
+            head.get(b"x-client-trace-id") is not None,
+            head.get(b"x-envoy-force-trace") is not None,
+            tracing,
+            self.rt.cfg.request_id_extension,
+            random.random(),
+        )
+        if new is not rid:
+            head.set(b"x-request-id", new)
+            self.request_id = new
+        route = self.route
+        self.trace_op = trace_reason.decorate(head, tracing, route.decorator_operation if route else "",
+                                              route is not None and route.decorator_propagate)
 
     def _route_timers(self, route: Route) -> None:
         """The route's idle_timeout and max_stream_duration replace the connection manager's timers
@@ -431,6 +470,8 @@ class Stream:
         timers.route_duration(self, None if duration is None else start + duration / 1000)
 
     def on_body(self, chunk: bytes) -> None:
+        if self.alog is not None:
+            self.alog.rx += len(chunk)
         if not self.started:
             if self.pending is None:
                 self.pending = [chunk]
@@ -441,6 +482,8 @@ class Stream:
 
     def on_end(self) -> None:
         self.req_done = True
+        if self.alog is not None:
+            self.alog.req_end = self.rt.loop.time()
         if not self.started:
             return
         if self.resp_done:
@@ -481,6 +524,8 @@ class Stream:
         rt = self.rt
         if rt.via:
             append_via(headers, rt.via)
+        if self.trace_op is not None:
+            trace_reason.decorate_response(headers, self.trace_op)
         if not has_date:
             headers.append((b"date", date.current()))
         mode = rt.server_mode
@@ -499,10 +544,11 @@ class Stream:
         http10 = self.head.version == b"1.0"
         if self.close_after:
             conn.stop_after = True
-            headers.append((b"connection", b"close"))
+            if status != 101:  # an upgraded stream: the relay ends with the connection
+                headers.append((b"connection", b"close"))
         elif http10:
             headers.append((b"connection", b"keep-alive"))  # RFC 9112 section 9.3: 1.0 keep-alive is opt-in
-        if not end and not has_length and not self.head_only and status not in (204, 304):
+        if not end and not has_length and not self.head_only and status not in (204, 304, 101):
             if http10:
                 # A 1.0 client can't read chunked: close-delimited body (RFC 9112 section 6.3).
                 if not self.close_after:
@@ -513,6 +559,8 @@ class Stream:
                 headers.append((b"transfer-encoding", b"chunked"))
         elif end and not has_length and status not in (204, 304) and not (100 <= status < 200):
             headers.append((b"content-length", b"0"))
+        if self.alog is not None:
+            access_log_emit.response_head(self, headers)
         conn.write(encode_response_head(status, headers, http10))
         if end:
             self._response_complete()
@@ -548,6 +596,8 @@ class Stream:
         if self.resp_done:
             return
         if data and not self.head_only:
+            if self.alog is not None:
+                self.alog.tx += len(data)
             self.conn.write(encode_chunk(data) if self.chunked_out else data)
         if end:
             if self.chunked_out and not self.head_only:
@@ -613,6 +663,8 @@ class Stream:
         if rt.via:
             extra = list(extra or ())
             append_via(extra, rt.via)
+        if self.trace_op:
+            extra = [*(extra or ()), (trace_reason.DECORATOR, self.trace_op)]  # Route.decorator, Ingress
         # A refused 1.0 request (426) is answered in 1.1, an accepted one in 1.0 (Envoy's codec).
         http10 = self.head.version == b"1.0" and rt.cfg.accept_http_10
         data = local_reply.encode(
@@ -622,6 +674,10 @@ class Stream:
         if status == 204 and data.endswith(_EMPTY_LENGTH_END):
             # A 204 has no content-length (Envoy's codec; x-envoy-upstream-rq-timeout-alt-response).
             data = data[: -len(_EMPTY_LENGTH_END)] + b"\r\n"
+        if self.alog is not None:
+            self.alog.local_body = body  # RESPONSE_CODE_DETAILS reads the reset reason off it
+            if body and not self.head_only:
+                self.alog.tx += len(body)
         self.conn.write(data)
         self._response_complete()
 
@@ -636,6 +692,8 @@ class Stream:
             self._finish()
 
     def _finish(self) -> None:
+        if self.alog is not None:
+            access_log_emit.log_http(self, self.rt.loop.time())
         for f in self.filters:
             f.on_destroy(self)
         # Filters point back at the stream: drop them so refcounting frees both at once instead of
@@ -672,6 +730,8 @@ class Stream:
 
     def reset(self) -> None:
         """The downstream went away: tell the filters (the router resets its upstream)."""
+        if self.alog is not None:
+            access_log_emit.log_http(self, self.rt.loop.time(), reset=True)
         if not self.resp_done:
             self.resp_done = True
             st = self.rt.stats

@@ -15,7 +15,10 @@ ConnectionManagerUtility::mutateRequestHeaders, for HTTP/1.
   downstream-service headers and get x-envoy-external-address = the peer.
 - x-request-id: generated when absent; replaced at the edge unless preserve_external_request_id.
 - Connection-nominated and hop-by-hop headers are dropped (RFC 9110 section 7.6.1); `te` survives as
-  "trailers" when it lists trailers."""
+  "trailers" when it lists trailers.
+- x-forwarded-client-cert per forward_client_cert_details (the rules in http/xfcc.py; the facts
+  about the TLS connection are read here, once per connection).  SANITIZE on a request without the
+  header costs nothing: the header is spotted in the same pass as the others."""
 
 from __future__ import annotations
 
@@ -25,10 +28,13 @@ import os
 import random
 import socket
 import struct
+import weakref
 from functools import cache
+from typing import Any
 
+from sidecar.http import xfcc
 from sidecar.http.events import Headers, RequestHead
-from sidecar.model.listener import HttpConnectionManager
+from sidecar.model.listener import ClientCertDetails, ForwardClientCert, HttpConnectionManager
 from sidecar.model.route import InternalAddressConfig
 
 # The control headers only an internal request keeps (ConnectionManagerUtility::cleanInternalHeaders).
@@ -66,7 +72,9 @@ HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te", b"http2-settings"}
 )
 
-_EDGE_NAMES = CONTROL_HEADERS | {b"x-forwarded-proto", b"x-request-id"}
+_EDGE_NAMES = CONTROL_HEADERS | {b"x-forwarded-proto", b"x-request-id", xfcc.HEADER}
+_APPEND = ForwardClientCert.APPEND_FORWARD
+_SET = ForwardClientCert.SANITIZE_SET
 _getrandbits = random.getrandbits
 
 
@@ -235,8 +243,11 @@ def append_via(headers: Headers, via: bytes) -> None:
     headers.append((b"via", via))
 
 
-def mutate_request_headers(head: RequestHead, cfg: HttpConnectionManager, peer_ip: bytes) -> bytes:
-    """Apply the edge rules above to `head`; returns the request id (b"" when ids are off)."""
+def mutate_request_headers(
+    head: RequestHead, cfg: HttpConnectionManager, peer_ip: bytes, conn: object = None
+) -> bytes:
+    """Apply the edge rules above to `head`; returns the request id (b"" when ids are off).  `conn`
+    is the downstream connection (its TLS facts feed x-forwarded-client-cert)."""
     if cfg.normalize_path:
         head.path = normalize_path(head.path)
     if cfg.merge_slashes:
@@ -246,15 +257,20 @@ def mutate_request_headers(head: RequestHead, cfg: HttpConnectionManager, peer_i
     headers = head.headers
     # One pass: find x-forwarded-proto / x-request-id, and whether any control header must go.
     xfp = rid = None
-    control = False
+    control = cert_header = False
     for k, v in headers:
         if k in _EDGE_NAMES:  # one hash lookup per header; most headers are none of these
             if k == b"x-forwarded-proto":
                 xfp = v
             elif k == b"x-request-id":
                 rid = v
+            elif k == xfcc.HEADER:
+                cert_header = True
             else:
                 control = True
+    if cert_header or (mode := cfg.forward_client_cert_details) is _APPEND or mode is _SET:
+        forward_client_cert(head, cfg, conn)
+        headers = head.headers
     if control:
         # Every request is external here (no internal_address_config): the control headers go.
         headers = head.headers = [h for h in headers if h[0] not in CONTROL_HEADERS]
@@ -362,12 +378,13 @@ def mutate_request_headers_trusting(
     peer_ip: bytes,
     trust: InternalAddresses | None,
     internal_only: tuple[bytes, ...] = (),
+    conn: object = None,
 ) -> tuple[bytes, bool]:
     """mutate_request_headers when some requests may be internal (`trust`) or the route configuration
     has internal_only_headers: returns (request id, internal)."""
     internal = trust is not None and classify(head, cfg, peer_ip, trust)
     if not internal:
-        external_id = mutate_request_headers(head, cfg, peer_ip)
+        external_id = mutate_request_headers(head, cfg, peer_ip, conn)
         if internal_only:
             head.headers = [h for h in head.headers if h[0] not in internal_only]
         return external_id, False
@@ -378,6 +395,7 @@ def mutate_request_headers_trusting(
         head.path = merge_slashes(head.path)
     if cfg.via:
         append_via(head.headers, cfg.via.encode())
+    forward_client_cert(head, cfg, conn)  # the internal path is not the hot one: no pre-check
     headers = head.headers
     rid: bytes | None = None
     xfp: bytes | None = None
@@ -406,3 +424,79 @@ def mutate_request_headers_trusting(
         rid = new_request_id()
         headers.append((b"x-request-id", rid))
     return rid, True
+
+
+# --- x-forwarded-client-cert ---------------------------------------------------------------------
+
+# Per TLS session object: the facts XFCC reads, gathered at the connection's first request that
+# needs them (Envoy caches them on its ConnectionInfo too), and the element last built from them.
+_client_certs: weakref.WeakKeyDictionary[Any, tuple[xfcc.ClientCert, ClientCertDetails | None, bytes]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def connection_client_cert(conn: object) -> xfcc.ClientCert | None:
+    """The client certificate facts of a downstream connection, or None when it is not mTLS
+    (plaintext, or TLS without a peer certificate: Envoy's peerCertificatePresented)."""
+    peer = getattr(conn, "peer_identity", None)
+    transport = getattr(conn, "transport", None)
+    if peer is None or transport is None:
+        return None
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    hit = _client_certs.get(ssl_object)
+    if hit is not None:
+        return hit[0]
+    from sidecar.tls import local_cert
+    from sidecar.tls.identity import peer_identity
+
+    der = ssl_object.getpeercert(binary_form=True) or b""
+    if not der:
+        return None
+    local = local_cert.local_certificate(ssl_object)
+    local_uris = peer_identity(local).uri_sans if local else ()
+    chain = local_cert.peer_chain(ssl_object)
+    if chain and chain[0] == der:  # a client-side chain starts with the leaf
+        chain = chain[1:]
+    sha256 = getattr(peer, "sha256", "")
+    if not isinstance(sha256, str) or not sha256:
+        import hashlib
+
+        sha256 = hashlib.sha256(der).hexdigest()
+    cert = xfcc.ClientCert(
+        local_uri_sans=tuple(local_uris),
+        sha256=sha256,
+        subject=str(getattr(peer, "subject", "")),
+        uri_sans=tuple(getattr(peer, "uri_sans", ())),
+        dns_sans=tuple(getattr(peer, "dns_sans", ())),
+        der=der,
+        chain_der=chain,
+    )
+    _client_certs[ssl_object] = (cert, None, b"")
+    return cert
+
+
+def _element(conn: object, cert: xfcc.ClientCert, details: ClientCertDetails) -> bytes:
+    transport = getattr(conn, "transport", None)
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    hit = _client_certs.get(ssl_object) if ssl_object is not None else None
+    if hit is not None and hit[1] == details:
+        return hit[2]
+    value = xfcc.element(cert, details)
+    if ssl_object is not None:
+        _client_certs[ssl_object] = (cert, details, value)
+    return value
+
+
+def forward_client_cert(head: RequestHead, cfg: HttpConnectionManager, conn: object) -> None:
+    """HCM forward_client_cert_details on one request (mutateXfccRequestHeader)."""
+    mode = cfg.forward_client_cert_details
+    if mode is ForwardClientCert.ALWAYS_FORWARD_ONLY:
+        return
+    cert = None if mode is ForwardClientCert.SANITIZE else connection_client_cert(conn)
+    action = xfcc.decide(mode, cert is not None)
+    value = b""
+    if cert is not None and (action is xfcc.XfccAction.APPEND or action is xfcc.XfccAction.SET):
+        value = _element(conn, cert, cfg.set_current_client_cert_details)
+    head.headers = xfcc.rewrite(head.headers, action, value)

@@ -13,7 +13,7 @@ from typing import cast
 
 import httptools
 
-from sidecar.http import local_reply
+from sidecar.http import local_reply, upgrade
 from sidecar.http.codec_h1 import chunked_only, status_for_parse_error
 from sidecar.http.conn_manager import HcmRuntime, Stream
 from sidecar.http.events import Headers, RequestHead
@@ -252,6 +252,8 @@ class Http1ServerConnection(asyncio.Protocol):
         # nothing is in flight.
         if self.active is None and self.parsing is None:
             return False
+        if self._raw_stream is not None and self._raw_left > upgrade.TUNNEL // 2:
+            return False  # an upgraded stream: a FIN closes both sides (Envoy 1.40)
         return True
 
     def pause_writing(self) -> None:
@@ -354,6 +356,7 @@ class Http1ServerConnection(asyncio.Protocol):
         head = RequestHead(method, url, version.encode(), self._headers, self._authority, p.should_keep_alive())
         if self.requested_server_name is not None:
             head.scheme = b"https"  # a TLS connection (listener/accept.py set the SNI, maybe "")
+        tunnel = False
         if self._upgrade and p.should_upgrade() and method != b"CONNECT":
             if self._upgrade.lower() == b"h2c":
                 # RFC 9113 section 3.1: h2c upgrade is optional; Envoy ignores it and serves HTTP/1.1.
@@ -364,7 +367,8 @@ class Http1ServerConnection(asyncio.Protocol):
                 elif self._te:
                     self._upgrade_refused = True  # a chunked body after an h2c head: not supported
             else:
-                self._upgrade_refused = True  # no upgrade_configs: Envoy answers 403 and closes
+                # Decided after route selection (http/upgrade.py): forwarded, or 403 and close.
+                tunnel = True
         stream = Stream(self, self.rt, head)
         if self._upgrade_refused:
             stream.refuse = 403
@@ -375,6 +379,11 @@ class Http1ServerConnection(asyncio.Protocol):
             if b"#" in url:
                 stream.refuse = 400
         stream.body_expected = self._te or (self._cl_count > 0 and not self._cl_zero)
+        if tunnel:
+            # The bytes after the head are the upgraded stream's body, unparsed, until a close.
+            stream.upgrade = self._upgrade.lower()
+            stream.body_expected = stream.close_after = True
+            self._h2c_body = upgrade.TUNNEL
         stream.expect_continue = self._expect
         stream.host_missing = not self._host_seen
         if not head.keep_alive or method == b"CONNECT":

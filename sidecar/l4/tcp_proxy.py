@@ -6,7 +6,12 @@ half-close passed through (FIN one way does not end the other direction, as Envo
 
 An ORIGINAL_DST cluster connects to the connection's `original_dst`, which the listener manager sets
 before connection_made when the original_dst listener filter restored it (else None: no host, the
-connection is closed as Envoy does).  upstream_bind_config binds the upstream socket's source."""
+connection is closed as Envoy does).  upstream_bind_config binds the upstream socket's source.
+
+Istio's metadata exchange (l4/metadata_exchange.py holds the codec): when the chain has it
+(FilterChain.metadata_exchange) and the downstream TLS ALPN is its protocol, our preamble goes
+downstream first and the peer's is read off the downstream bytes; likewise upstream when the
+cluster has it (Cluster.metadata_exchange) and the upstream TLS ALPN matches."""
 
 from __future__ import annotations
 
@@ -16,8 +21,11 @@ import random
 import ssl
 from typing import TYPE_CHECKING, Any, cast
 
+from sidecar.l4 import metadata_exchange as mxc
+from sidecar.model.istio import MetadataExchange
 from sidecar.model.listener import TcpProxy
 from sidecar.model.route import ClusterWeight
+from sidecar.observe import access_log_emit
 from sidecar.observe.stats import Stats
 from sidecar.routing import weighted
 from sidecar.tls.wiring import log as tls_log
@@ -26,6 +34,7 @@ from sidecar.upstream.original_dst import source_address
 
 if TYPE_CHECKING:
     from sidecar.model.endpoint import SocketAddress
+    from sidecar.model.snapshot import Node
     from sidecar.upstream.cluster_manager import ClusterManager, Host
 
 
@@ -59,7 +68,18 @@ class TcpProxyStats:
 class TcpProxyRuntime:
     """Per listener config per worker."""
 
-    __slots__ = ("buffer_limit", "cfg", "cluster_manager", "loop", "stats", "weights")
+    __slots__ = (
+        "access_logs",
+        "buffer_limit",
+        "cfg",
+        "cluster_manager",
+        "loop",
+        "mx",
+        "node",
+        "preambles",
+        "stats",
+        "weights",
+    )
 
     def __init__(
         self,
@@ -68,6 +88,8 @@ class TcpProxyRuntime:
         stats: Stats,
         loop: asyncio.AbstractEventLoop,
         buffer_limit: int,
+        mx: MetadataExchange | None = None,
+        node: Node | None = None,
     ) -> None:
         self.cfg = cfg
         self.cluster_manager = cm
@@ -75,6 +97,26 @@ class TcpProxyRuntime:
         self.loop = loop
         self.buffer_limit = buffer_limit
         self.weights = tuple(ClusterWeight(w.name, w.weight) for w in cfg.weighted_clusters)
+        # TcpProxy.access_log (None when there are none: connections then keep no log state).
+        self.access_logs = access_log_emit.build(getattr(cfg, "access_log", ()))
+        # The chain's metadata exchange, the local node it describes, and our preamble per label set.
+        self.mx = mx
+        self.node = node
+        self.preambles: dict[tuple[str, ...], bytes] = {}
+
+    def preamble(self, mx: MetadataExchange) -> bytes:
+        found = self.preambles.get(mx.additional_labels)
+        if found is None:
+            node_id, md = (self.node.id, self.node.metadata) if self.node is not None else ("", {})
+            found = mxc.encode(mxc.workload_metadata(md, mx.additional_labels), node_id)
+            self.preambles[mx.additional_labels] = found
+        return found
+
+
+def _alpn(transport: asyncio.BaseTransport) -> str | None:
+    """The ALPN protocol the TLS handshake of `transport` selected (None: plaintext or none)."""
+    obj = transport.get_extra_info("ssl_object")
+    return obj.selected_alpn_protocol() if obj is not None else None
 
 
 class _Upstream(asyncio.Protocol):
@@ -90,6 +132,12 @@ class _Upstream(asyncio.Protocol):
         t = self.transport = cast(asyncio.Transport, transport)
         lim = self.down.rt.buffer_limit
         t.set_write_buffer_limits(high=lim, low=lim // 2)
+        host = self.down.host
+        cmx = host.cluster.config.metadata_exchange if host is not None else None
+        if cmx is not None and _alpn(t) == cmx.protocol:
+            # Read the peer's preamble from the first byte on; ours is written once the peer passed
+            # the TLS checks (_connect).
+            self.down.mx_up = mxc.Decoder()
 
     def data_received(self, data: bytes) -> None:
         self.down.from_upstream(data)
@@ -110,6 +158,7 @@ class _Upstream(asyncio.Protocol):
 
 class TcpProxyConnection(asyncio.Protocol):
     __slots__ = (
+        "alog",
         "buffer",
         "closed",
         "down_eof",
@@ -117,9 +166,12 @@ class TcpProxyConnection(asyncio.Protocol):
         "host",
         "idle_timer",
         "last",
+        "mx_down",
+        "mx_up",
         "original_dst",
         "owner",
         "peer_identity",
+        "peer_metadata",
         "requested_server_name",
         "rt",
         "transport",
@@ -147,6 +199,12 @@ class TcpProxyConnection(asyncio.Protocol):
         # Set by the TLS accept path (listener/accept.py): the peer's identity and the SNI.
         self.peer_identity: object = None
         self.requested_server_name: str | None = None
+        self.alog: access_log_emit.TcpLogState | None = None  # with access logs only
+        # Istio metadata exchange: the peer preambles still being read, and what they said
+        # (downstream peer first, upstream peer second; None until read or when absent).
+        self.mx_down: mxc.Decoder | None = None
+        self.mx_up: mxc.Decoder | None = None
+        self.peer_metadata: list[dict[str, Any] | None] = [None, None]
 
     # -- downstream ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -157,9 +215,18 @@ class TcpProxyConnection(asyncio.Protocol):
         rt.stats.downstream_cx_total += 1
         if self.owner is not None:
             self.owner.add(self)
+        if rt.mx is not None and _alpn(transport) == rt.mx.protocol:
+            self.mx_down = mxc.Decoder()
+            self.transport.write(rt.preamble(rt.mx))
         cfg = rt.cfg
         name = weighted.pick(rt.weights, 0, random.getrandbits(32)).name if rt.weights else cfg.cluster
         cluster = rt.cluster_manager.get(name)
+        if rt.access_logs:
+            alog = self.alog = access_log_emit.TcpLogState(rt.loop.time())
+            # Envoy's tcp_proxy flags: NC without the cluster, UH without a host, UF on connect failure.
+            alog.cluster = name if cluster is not None else None
+            if cluster is None:
+                alog.flags = ["NC"]
         host = None
         if cluster is not None:
             od = cluster.original_dst
@@ -168,6 +235,8 @@ class TcpProxyConnection(asyncio.Protocol):
             rt.stats.downstream_cx_no_route += 1
             if cluster is not None:
                 cluster.stats.upstream_cx_none_healthy += 1
+                if self.alog is not None:
+                    self.alog.flags = ["UH"]
             transport.close()
             return
         self.host = host
@@ -213,8 +282,13 @@ class TcpProxyConnection(asyncio.Protocol):
                     tls_log.debug("upstream %s: TLS handshake failed: %s", addr, reason)
             cluster.stats.upstream_cx_connect_fail += 1
             host.cx_connect_fail += 1
+            if self.alog is not None:
+                self.alog.flags = ["UF", "URX"]  # Envoy: the connect attempts ran out too
             self.close()
             return
+        cmx = cluster.config.metadata_exchange
+        if self.mx_up is not None and cmx is not None and up.transport is not None:
+            up.transport.write(rt.preamble(cmx))  # before any payload byte
         if self.closed:
             assert up.transport is not None
             up.transport.close()
@@ -222,6 +296,8 @@ class TcpProxyConnection(asyncio.Protocol):
         cluster.stats.upstream_cx_active += 1
         host.cx_active += 1
         self.up = up
+        if self.alog is not None and up.transport is not None:
+            self.alog.upstream_local = access_log_emit.addr_text(up.transport.get_extra_info("sockname"))
         buf = self.buffer
         self.buffer = None
         assert up.transport is not None
@@ -233,7 +309,32 @@ class TcpProxyConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.rt.stats.downstream_cx_rx_bytes_total += len(data)
+        if self.alog is not None:
+            self.alog.rx += len(data)
         self.last = self.rt.loop.time()
+        if self.mx_down is not None:
+            data = self._mx_read(0, data, False)
+            if not data:
+                return
+        self._to_upstream(data)
+
+    def _mx_read(self, side: int, data: bytes, end: bool) -> bytes:
+        """Feed the peer preamble decoder of `side` (0 downstream, 1 upstream); the payload bytes."""
+        dec = self.mx_down if side == 0 else self.mx_up
+        assert dec is not None
+        r = dec.feed(data, end)
+        if isinstance(r, mxc.NeedMore):
+            return b""
+        if side == 0:
+            self.mx_down = None
+        else:
+            self.mx_up = None
+        if isinstance(r, mxc.Exchanged):
+            self.peer_metadata[side] = r.peer
+            return r.leftover
+        return r.data
+
+    def _to_upstream(self, data: bytes) -> None:
         up = self.up
         if up is not None and up.transport is not None:
             up.transport.write(data)
@@ -245,6 +346,10 @@ class TcpProxyConnection(asyncio.Protocol):
                 self.pause_reading()
 
     def eof_received(self) -> bool:
+        if self.mx_down is not None:
+            rest = self._mx_read(0, b"", True)
+            if rest:
+                self._to_upstream(rest)
         self.down_eof = True
         up = self.up
         if up is not None and up.transport is not None and up.transport.can_write_eof():
@@ -258,6 +363,8 @@ class TcpProxyConnection(asyncio.Protocol):
         self.closed = True
         if self.idle_timer is not None:
             self.idle_timer.cancel()
+        if self.alog is not None:
+            access_log_emit.log_tcp(self, self.rt.loop.time())
         if self.owner is not None:
             self.owner.discard(self)
         up = self.up
@@ -280,12 +387,22 @@ class TcpProxyConnection(asyncio.Protocol):
     # -- from the upstream ------------------------------------------------------------------------
     def from_upstream(self, data: bytes) -> None:
         self.rt.stats.downstream_cx_tx_bytes_total += len(data)
+        if self.alog is not None:
+            self.alog.tx += len(data)
         self.last = self.rt.loop.time()
+        if self.mx_up is not None:
+            data = self._mx_read(1, data, False)
+            if not data:
+                return
         t = self.transport
         if t is not None and not self.closed:
             t.write(data)
 
     def upstream_eof(self) -> None:
+        if self.mx_up is not None:
+            rest = self._mx_read(1, b"", True)
+            if rest and self.transport is not None and not self.closed:
+                self.transport.write(rest)
         self.up_eof = True
         t = self.transport
         if t is not None and not self.closed and t.can_write_eof():

@@ -42,6 +42,7 @@ from sidecar.listener.sniff import (
 )
 from sidecar.model.endpoint import SocketAddress
 from sidecar.model.listener import FilterChain, ListenerFilter, ListenerFilterKind
+from sidecar.observe import access_log_emit
 from sidecar.observe.stats import Stats
 from sidecar.tls.handshake import ServerTls
 from sidecar.tls.wiring import TlsWiring, wiring_for
@@ -234,6 +235,8 @@ class Acceptor:
                 return
 
     def _filter(self, ps: _Socket, f: ListenerFilter) -> int:
+        if f.disabled is not None and f.disabled.matches(None if ps.local.pipe else ps.local.port):
+            return _NEXT  # filter_disabled matched this connection (after original_dst, as Envoy)
         kind = f.kind
         if kind is ListenerFilterKind.ORIGINAL_DST:
             dst = original_destination(ps.sock)
@@ -391,6 +394,8 @@ class Acceptor:
             chain = cfg.default_filter_chain
         if chain is None:
             al.no_chain.inc()
+            if cfg.access_log:  # Listener.access_log (observe/access_log_emit.py)
+                access_log_emit.log_no_chain(cfg.access_log, ps.local, ps.remote, ps.server_name)
             ps.sock.close()
             return
         al.cx_total.inc()

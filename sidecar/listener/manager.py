@@ -39,6 +39,7 @@ from sidecar.model.endpoint import SocketAddress
 from sidecar.model.listener import FilterChain, HttpConnectionManager, Listener, TcpProxy
 from sidecar.model.rbac import NetworkRbac
 from sidecar.model.route import RouteConfiguration
+from sidecar.model.snapshot import Node
 from sidecar.observe.stats import Counter, Stats
 from sidecar.upstream.cluster_manager import ClusterManager
 
@@ -163,6 +164,8 @@ class ListenerManager:
         self.loop = loop
         self.cm = cm
         self.stats = stats
+        # The bootstrap's node (runtime.py sets it): what Istio's metadata exchange tells peers.
+        self.local_node: Node | None = None
         self.active: list[ActiveListener] = []
         self.draining = False
         self.timeouts = Timeouts(loop)  # route timeouts of every HTTP listener of this worker
@@ -210,7 +213,9 @@ class ListenerManager:
 
             return guard_chain(http, rbacs, self.loop)
         assert isinstance(terminal, TcpProxy)
-        trt = TcpProxyRuntime(terminal, self.cm, self.stats, self.loop, limit)
+        trt = TcpProxyRuntime(
+            terminal, self.cm, self.stats, self.loop, limit, chain.metadata_exchange, self.local_node
+        )
         if owners is not None:
             owners.append(trt.stats)
 

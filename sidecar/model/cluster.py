@@ -145,3 +145,6 @@ class Cluster:
     # Cluster.filters: Istio's istio.metadata_exchange upstream filter (translate/istio.py), the
     # preamble's upstream side (l4/metadata_exchange.py); Istio's other cluster filters are skipped.
     metadata_exchange: MetadataExchange | None = None
+    # filter_metadata.istio.alpn_override "false": istio.alpn's override (model.istio.AlpnOverride)
+    # does not apply to this cluster's upstream TLS.
+    istio_alpn_override: bool = True

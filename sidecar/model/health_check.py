@@ -65,3 +65,6 @@ class HealthCheck:
     unhealthy_interval: float = 0.0
     unhealthy_edge_interval: float = 0.0
     healthy_edge_interval: float = 0.0
+    # transport_socket_match_criteria: matched against the cluster's transport_socket_matches in
+    # place of the host's own `envoy.transport_socket_match` metadata (None: the host's).
+    transport_socket_match_criteria: tuple[tuple[str, str], ...] | None = None

@@ -8,10 +8,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
+from sidecar.model.access_log import AccessLog
 from sidecar.model.endpoint import SocketAddress
+from sidecar.model.istio import AlpnOverride, MetadataExchange
 from sidecar.model.rbac import NetworkRbac
 from sidecar.model.route import InternalAddressConfig, RouteConfiguration
 from sidecar.model.tls import DownstreamTlsContext
+from sidecar.model.tracing import DEFAULT_REQUEST_ID, RequestIdExtension, Tracing
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,8 @@ class TcpProxy:
     # Envoy's default idle_timeout is 1 hour; 0 disables it.
     idle_timeout: float = 3600.0
     max_connect_attempts: int = 1
+    # access_log: written when the downstream connection closes (observe/access_log_emit.py).
+    access_log: tuple[AccessLog, ...] = ()
 
 
 class ServerHeaderTransformation(Enum):
@@ -42,6 +47,31 @@ class HeadersWithUnderscoresAction(Enum):
     ALLOW = "ALLOW"
     REJECT_REQUEST = "REJECT_REQUEST"
     DROP_HEADER = "DROP_HEADER"
+
+
+class ForwardClientCert(Enum):
+    """HttpConnectionManager.forward_client_cert_details: what becomes of x-forwarded-client-cert."""
+
+    SANITIZE = "SANITIZE"
+    FORWARD_ONLY = "FORWARD_ONLY"
+    APPEND_FORWARD = "APPEND_FORWARD"
+    SANITIZE_SET = "SANITIZE_SET"
+    ALWAYS_FORWARD_ONLY = "ALWAYS_FORWARD_ONLY"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertDetails:
+    """HttpConnectionManager.set_current_client_cert_details: which facts of the peer certificate
+    APPEND_FORWARD / SANITIZE_SET add (By and Hash are always added)."""
+
+    subject: bool = False
+    cert: bool = False
+    chain: bool = False
+    dns: bool = False
+    uri: bool = False
+
+
+NO_CLIENT_CERT_DETAILS = ClientCertDetails()
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +125,21 @@ class HttpConnectionManager:
     # placeholder of that name until it does).  rds_source is an xds.config.ConfigSource.
     rds_name: str = ""
     rds_source: object = None
+    # x-forwarded-client-cert (http/xfcc.py): Envoy's default SANITIZE removes it from every request.
+    forward_client_cert_details: ForwardClientCert = ForwardClientCert.SANITIZE
+    set_current_client_cert_details: ClientCertDetails = NO_CLIENT_CERT_DETAILS
+    # access_log: one line per stream, written when it ends (observe/access_log_emit.py).
+    access_log: tuple[AccessLog, ...] = ()
+    # tracing (None: no tracing decision) and request_id_extension (model/tracing.py): only the
+    # x-request-id trace reason is acted on (http/trace_reason.py); sidecar has no tracer.
+    tracing: Tracing | None = None
+    request_id_extension: RequestIdExtension = DEFAULT_REQUEST_ID
+    # upgrade_configs: the enabled upgrade types, lowercased (e.g. "websocket"); a route's
+    # RouteAction.upgrade_configs overrides per type (http/upgrade.py).
+    upgrade_types: tuple[str, ...] = ()
+    # istio.alpn: the ALPN the upstream TLS of this connection manager's requests offers
+    # (model/istio.py; None: the cluster's own alpn_protocols).
+    upstream_alpn: AlpnOverride | None = None
 
 
 NetworkFilter = TcpProxy | HttpConnectionManager | NetworkRbac
@@ -140,6 +185,9 @@ class FilterChain:
     # transport_socket_connect_timeout: how long the TLS handshake may take (0: Envoy's none; we
     # bound it by listener/accept.py's HANDSHAKE_TIMEOUT).
     transport_socket_connect_timeout: float = 0.0
+    # Istio's istio.metadata_exchange network filter (translate/istio.py): the preamble exchanged
+    # before the payload when the negotiated ALPN is its protocol (l4/metadata_exchange.py).
+    metadata_exchange: MetadataExchange | None = None
 
 
 class ListenerFilterKind(Enum):
@@ -158,6 +206,34 @@ class ListenerFilter:
     # close_connection_on_client_hello_parsing_errors (a malformed one closes instead of plaintext).
     max_client_hello_size: int = 16384
     close_on_parse_error: bool = False
+    # filter_disabled: the filter is skipped for a connection this predicate matches (Istio turns
+    # its inspectors off for ports whose protocol is declared).
+    disabled: ListenerFilterPredicate | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerFilterPredicate:
+    """config.listener.v3.ListenerFilterChainMatchPredicate, as Envoy's ListenerFilterMatcher reads
+    it: kind "any" (any_match), "port" (destination_port_range, [start, end), IP sockets only),
+    "and" / "or" over `rules`, "not" of rules[0]."""
+
+    kind: str
+    rules: tuple[ListenerFilterPredicate, ...] = ()
+    start: int = 0
+    end: int = 0
+
+    def matches(self, port: int | None) -> bool:
+        """`port`: the connection's (restored) destination port; None for a pipe."""
+        kind = self.kind
+        if kind == "any":
+            return True
+        if kind == "port":
+            return port is not None and self.start <= port < self.end
+        if kind == "not":
+            return not self.rules[0].matches(port)
+        if kind == "and":
+            return all(r.matches(port) for r in self.rules)
+        return any(r.matches(port) for r in self.rules)
 
 
 class ChainSelector(Protocol):
@@ -201,6 +277,9 @@ class Listener:
     # IP_TRANSPARENT (TPROXY capture) and IP_FREEBIND on the listening socket.
     transparent: bool = False
     freebind: bool = False
+    # Listener.access_log: a line for each connection closed for want of a filter chain (flag NR),
+    # which Istio configures on every listener when meshConfig.accessLogFile is set.
+    access_log: tuple[AccessLog, ...] = ()
     # Built by translate/lds.py from the chains' FilterChainMatch (sidecar.listener.chain_match).
     chain_table: ChainSelector | None = field(default=None, compare=False)
 

@@ -170,6 +170,16 @@ class RouteAction:
     mirror_policies: tuple[MirrorPolicy, ...] = ()
     # The route's retry_policy, else the virtual host's (Envoy: the route's wins whole, no merge).
     retry_policy: RetryPolicy | None = None
+    # max_grpc_timeout / grpc_timeout_offset (deprecated, istiod sets max_grpc_timeout 0s): with
+    # max_grpc_timeout set and no max_stream_duration, a gRPC request's grpc-timeout (0 or absent:
+    # infinite) minus the offset, capped by max_grpc_timeout unless 0, is the router's global
+    # timeout, and the grpc-timeout sent upstream says what is expected (FilterUtility::finalTimeout
+    # and setTimeoutHeaders; http/filters/router.py grpc_route_timeout).
+    max_grpc_timeout: float | None = None
+    grpc_timeout_offset: float | None = None
+    # RouteAction.upgrade_configs: (upgrade type lowercased, enabled) overriding the connection
+    # manager's upgrade_types for this route.
+    upgrade_configs: tuple[tuple[str, bool], ...] = ()
     # Derived once here so the router reads one flag per request instead of six fields:
     # `plain` = one named cluster and no path or host rewrite; `upstream_timeout` = the router's
     # global timeout (Envoy's finalTimeout: 0 under max_stream_duration); `per_try` and
@@ -184,6 +194,8 @@ class RouteAction:
     stream_timers: bool = field(init=False, compare=False, default=False)
     # (per_try, per_try_idle) when either is set, else None: the router's one test per request.
     try_timers: tuple[float, float] | None = field(init=False, compare=False, default=None)
+    # max_grpc_timeout applies (Envoy ignores it under max_stream_duration, the "new timeouts").
+    grpc_timeouts: bool = field(init=False, compare=False, default=False)
 
     def __post_init__(self) -> None:
         plain = not (
@@ -211,6 +223,8 @@ class RouteAction:
         object.__setattr__(self, "timeout_header", header)
         timers = self.idle_timeout is not None or self.max_stream_duration is not None
         object.__setattr__(self, "stream_timers", timers)
+        grpc = self.max_grpc_timeout is not None and self.max_stream_duration is None
+        object.__setattr__(self, "grpc_timeouts", grpc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +257,10 @@ class Route:
     # The prefix the route matched on, for prefix_rewrite ("" when the route is not a prefix route).
     match_prefix: str = ""
     typed_per_filter_config: tuple[tuple[str, object], ...] = ()
+    # Route.decorator: the tracing span's operation name, and whether it is propagated in
+    # x-envoy-decorator-operation (only under HCM tracing: http/trace_reason.decorate).
+    decorator_operation: str = ""
+    decorator_propagate: bool = True
 
 
 class RequireTls(Enum):

@@ -12,7 +12,16 @@ Two ways to count:
 - `stats.block(obj, prefix, counters, gauges)`: the per-request path keeps plain `int` attributes on
   its own slotted object (`st.downstream_rq_total += 1`, no call at all) and `flush()` copies them
   into this worker's row.  Each worker flushes on a short timer; `items()`/`value()` flush the calling
-  process first, so a single-process sidecar's admin always reads exact values."""
+  process first, so a single-process sidecar's admin always reads exact values.
+
+The flush walks only the blocks that changed lately, so that an idle sidecar holding 10,000 clusters
+(each a block) does no work per cluster.  A block unchanged for QUIET_FLUSHES flushes goes *cold*: its
+object's class is swapped for a generated subclass whose stat attributes are data descriptors, so the
+first write to any of them (`+= 1`, `-= 1`, `setattr`) swaps the class back and puts the block back in
+the walk.  A hot block pays nothing per write (plain slot stores, as before); a cold one pays one
+Python call on its first write.  Flush hooks given an `owner` block run only while that block is hot
+(so the owner's hooked containers must change only together with one of its stat attributes, as
+ClusterStats.codes changes with upstream_rq_completed)."""
 
 from __future__ import annotations
 
@@ -25,6 +34,9 @@ import xxhash
 
 _SLOT = 8
 
+
+_KIND_CODES = {"counter": ord("c"), "gauge": ord("g")}
+_KIND_NAMES = {code: name for name, code in _KIND_CODES.items()}
 
 class Counter:
     """A monotonically increasing value (Envoy counter)."""
@@ -52,6 +64,64 @@ class Gauge(Counter):
         self._mv[self._i] = v
 
 
+# A block unchanged for this many flushes (0.5 s apart in runtime.py) stops being walked.
+QUIET_FLUSHES = 2
+
+
+class _Block:
+    """One registered object: its (attribute, slot) pairs and its own flush hooks."""
+
+    __slots__ = ("cold", "coolable", "hooks", "obj", "pairs", "quiet")
+
+    def __init__(self, obj: object, pairs: tuple[tuple[str, int], ...]) -> None:
+        self.obj = obj
+        self.pairs = pairs
+        self.hooks: list[Callable[[memoryview], None]] = []
+        self.quiet = 0
+        self.cold = False
+        self.coolable = True
+
+
+class _Wake:
+    """A stat attribute of a cold block: reads pass through to the real attribute; a write first
+    turns the block hot again (the object gets its own class back), then stores as usual."""
+
+    __slots__ = ("inner", "name", "wake")
+
+    def __init__(self, name: str, base: type, wake: Callable[[object], None]) -> None:
+        self.name = name
+        self.wake = wake
+        # The base class's slot (member descriptor) or property; None: the instance __dict__.
+        self.inner: Any = None
+        for klass in base.__mro__:
+            found = klass.__dict__.get(name)
+            if found is not None:
+                if hasattr(found, "__set__"):
+                    self.inner = found
+                break
+
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        if self.inner is not None:
+            return self.inner.__get__(obj, owner)
+        try:
+            return obj.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(self.name) from None
+
+    def __set__(self, obj: object, value: Any) -> None:
+        self.wake(obj)
+        setattr(obj, self.name, value)
+
+
+def _own_class(obj: object) -> type:
+    """The class a cold object had before it was cooled (its cold class's only base)."""
+    base = type(obj).__base__
+    assert base is not None
+    return base
+
+
 class Stats:
     """The stat registry.  `max_slots` bounds the number of distinct stats (the mapping is fixed
     once workers fork); asking for more raises, which config translation turns into an error."""
@@ -73,13 +143,20 @@ class Stats:
             self._names = memoryview(self._names_map).cast("q")
             self._names_lock = multiprocessing.get_context("fork").Lock()
         self._index: dict[str, int] = {}
-        self._kinds: dict[str, str] = {}
+        # The kind of each slot, by slot index (b"c" counter, b"g" gauge): a bytearray rather than a
+        # dict by name, which at 10,000 clusters (half a million stats) is tens of megabytes.
+        self._kinds = bytearray(max_slots)
         self._handles: dict[str, Counter] = {}
         self._row = 0
         self._lock = threading.Lock()
-        # (object, ((attribute, slot), ...)) for plain-int stat blocks; plus custom flush hooks.
-        self._blocks: list[tuple[object, tuple[tuple[str, int], ...]]] = []
+        # Plain-int stat blocks by id(object) (the entry holds the object, so the id stays unique);
+        # `_hot` the ones the next flush walks; hooks with no owner run at every flush.
+        self._entries: dict[int, _Block] = {}
+        self._hot: dict[int, _Block] = {}
         self._hooks: list[Callable[[memoryview], None]] = []
+        self._cold_classes: dict[tuple[type, frozenset[str]], type] = {}
+        # Blocks visited by flushes so far (an observable for tests and benchmarks).
+        self.walked = 0
 
     # -- set-up ----------------------------------------------------------------------------------
     def select_worker(self, row: int) -> None:
@@ -89,6 +166,8 @@ class Stats:
         for name, h in self._handles.items():
             h._mv = self._row_view()
             h._i = self._index[name]
+        for b in self._entries.values():  # this worker's row starts empty: walk everything once
+            self._heat(b)
 
     def _row_view(self) -> memoryview:
         start = self._row * self.max_slots
@@ -113,14 +192,14 @@ class Stats:
         i = self._index.get(name)
         if i is None and self._names is not None:
             i = self._index[name] = self._shared_slot(name)
-            self._kinds[name] = kind
+            self._kinds[i] = _KIND_CODES[kind]
         if i is None:
             with self._lock:
                 i = len(self._index)
                 if i >= self.max_slots:
                     raise RuntimeError(f"too many stats (>{self.max_slots})")
                 self._index[name] = i
-                self._kinds[name] = kind
+                self._kinds[i] = _KIND_CODES[kind]
         return i
 
     def counter(self, name: str) -> Counter:
@@ -152,27 +231,103 @@ class Stats:
             pairs.append((attr, i))
         for attr in gauges:
             pairs.append((attr, self._slot(prefix + attr, "gauge")))
-        self._blocks.append((obj, tuple(pairs)))
+        b = self._entries.get(id(obj))
+        if b is None:
+            b = self._entries[id(obj)] = _Block(obj, tuple(pairs))
+        else:  # a second prefix on the same object
+            self._heat(b)
+            b.pairs += tuple(pairs)
+        self._hot[id(obj)] = b
 
-    def hook(self, fn: Callable[[memoryview], None]) -> None:
-        """`fn(row)` runs at every flush (for values kept in lists or dicts)."""
-        self._hooks.append(fn)
+    def hook(self, fn: Callable[[memoryview], None], owner: object = None) -> None:
+        """`fn(row)` runs at every flush (for values kept in lists or dicts); with `owner` (an object
+        registered with `block`), only at flushes that walk the owner's block, and until `forget`."""
+        b = self._entries.get(id(owner)) if owner is not None else None
+        if b is None:
+            self._hooks.append(fn)
+        else:
+            b.hooks.append(fn)
 
     def slot(self, name: str, kind: str = "counter") -> int:
         """The index of `name` in a row (for flush hooks)."""
         return self._slot(name, kind)
 
     def flush(self) -> None:
+        """Copy the hot blocks into this worker's row; blocks quiet for QUIET_FLUSHES go cold."""
         row = self._row_view()
-        for obj, pairs in self._blocks:
-            for attr, i in pairs:
-                row[i] = getattr(obj, attr)
+        hot = self._hot
+        if hot:
+            quiet: list[_Block] = []
+            blocks = list(hot.values())
+            self.walked += len(blocks)
+            for b in blocks:
+                obj = b.obj
+                changed = False
+                for attr, i in b.pairs:
+                    v = getattr(obj, attr)
+                    if row[i] != v:
+                        row[i] = v
+                        changed = True
+                for fn in b.hooks:
+                    fn(row)
+                if changed:
+                    b.quiet = 0
+                else:
+                    b.quiet += 1
+                    if b.quiet >= QUIET_FLUSHES and b.coolable:
+                        quiet.append(b)
+            for b in quiet:
+                self._cool(b)
         for fn in self._hooks:
             fn(row)
 
     def forget(self, obj: object) -> None:
         """Stop flushing `obj` (its config went away); its last values stay in the row."""
-        self._blocks = [b for b in self._blocks if b[0] is not obj]
+        b = self._entries.pop(id(obj), None)
+        if b is None:
+            return
+        if self._hot.pop(id(obj), None) is not None:  # what it counted since the last flush
+            row = self._row_view()
+            for attr, i in b.pairs:
+                row[i] = getattr(obj, attr)
+            for fn in b.hooks:
+                fn(row)
+        if b.cold:
+            obj.__class__ = _own_class(obj)
+            b.cold = False
+
+    # -- hot and cold blocks -----------------------------------------------------------------------
+    def _cool(self, b: _Block) -> None:
+        """Stop walking `b` until one of its attributes is written (see the module doc)."""
+        obj = b.obj
+        base = type(obj)
+        attrs = frozenset(a for a, _ in b.pairs)
+        cold = self._cold_classes.get((base, attrs))
+        if cold is None:
+            wakes = {a: _Wake(a, base, self._wake) for a in attrs}
+            cold = type(base.__name__, (base,), {"__slots__": (), "__module__": base.__module__, **wakes})
+            self._cold_classes[(base, attrs)] = cold
+        try:
+            obj.__class__ = cold
+        except TypeError:  # a class whose instances cannot change class: keep walking it
+            b.coolable = False
+            return
+        b.cold = True
+        del self._hot[id(obj)]
+
+    def _heat(self, b: _Block) -> None:
+        if b.cold:
+            b.obj.__class__ = _own_class(b.obj)
+            b.cold = False
+        b.quiet = 0
+        self._hot[id(b.obj)] = b
+
+    def _wake(self, obj: object) -> None:
+        b = self._entries.get(id(obj))
+        if b is not None and b.obj is obj:
+            self._heat(b)
+        else:  # forgotten (forget restores the class; this is only a safety net)
+            obj.__class__ = _own_class(obj)
 
     # -- reading (admin) ---------------------------------------------------------------------------
     def value(self, name: str) -> int:
@@ -190,7 +345,7 @@ class Stats:
         index = self._index
         for name in sorted(index):
             i = index[name]
-            yield name, self._kinds[name], sum(r[i] for r in rows)
+            yield name, _KIND_NAMES[self._kinds[i]], sum(r[i] for r in rows)
 
     def used(self, name: str) -> bool:
         """Envoy's `usedonly`: a counter that was ever incremented / a gauge ever set."""

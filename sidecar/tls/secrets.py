@@ -126,6 +126,11 @@ class SecretStore:
             fn(entry)
         return entry
 
+    def load(self, secret: Secret) -> dict[DataSource, bytes]:
+        """The bytes behind `secret`'s files and variables (SecretError when one cannot be read),
+        without storing anything: SDS checks an update with it before accepting it."""
+        return self._load(secret)
+
     # -- named secrets ------------------------------------------------------------------------------------
     def set_secret(self, secret: Secret, version: str = "") -> StoredSecret:
         """Add or replace a named secret (static or from SDS).  Raises SecretError when its files

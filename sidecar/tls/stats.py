@@ -25,7 +25,7 @@ COUNTERS = (
 
 class _Registry(Protocol):
     def block(self, obj: object, prefix: str, counters: tuple[str, ...]) -> None: ...
-    def hook(self, fn: Callable[[memoryview], None]) -> None: ...
+    def hook(self, fn: Callable[[memoryview], None], owner: object = None) -> None: ...
     def slot(self, name: str, kind: str = "counter") -> int: ...
 
 
@@ -80,4 +80,4 @@ class TlsStats:
                     slot = self._slots[key] = stats.slot(f"{self.prefix}ssl.{key}")
                 row[slot] = count
 
-        stats.hook(flush)
+        stats.hook(flush, self)  # runs only while this block is hot (families change with handshake)

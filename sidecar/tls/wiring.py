@@ -59,10 +59,13 @@ def labels_match(want: Labels, have: Labels | None) -> bool:
 class _ClusterTls:
     """One cluster config's providers: the default transport_socket and each match's."""
 
-    __slots__ = ("config", "default", "matches")
+    __slots__ = ("config", "default", "make", "matches", "variants")
 
     def __init__(self, config: Cluster, make: Callable[[UpstreamTlsContext], TlsProvider]) -> None:
         self.config = config
+        self.make = make
+        # (id of the provider, ALPN) -> the same context offering another ALPN (istio.alpn).
+        self.variants: dict[tuple[int, tuple[str, ...]], TlsProvider] = {}
         self.default = make(config.transport_socket) if config.transport_socket is not None else None
         self.matches: list[tuple[Labels, TlsProvider | None]] = []
         for m in config.transport_socket_matches:
@@ -79,8 +82,21 @@ class _ClusterTls:
                 return provider
         return self.default
 
+    def variant(self, provider: TlsProvider, alpn: tuple[str, ...]) -> TlsProvider:
+        """`provider`'s context with alpn_protocols replaced (Envoy's ALPN override from filter
+        state replaces the context's list for that connection)."""
+        key = (id(provider), alpn)
+        hit = self.variants.get(key)
+        if hit is None:
+            cfg = provider.config
+            assert isinstance(cfg, UpstreamTlsContext)
+            common = dataclasses.replace(cfg.common, alpn_protocols=alpn)
+            hit = self.variants[key] = self.make(dataclasses.replace(cfg, common=common))
+        return hit
+
     def providers(self) -> list[TlsProvider]:
         out = [p for _, p in self.matches if p is not None]
+        out += self.variants.values()
         return out + ([self.default] if self.default is not None else [])
 
 
@@ -171,7 +187,7 @@ class TlsWiring:
                 hit[1].close()
 
     # -- clusters --------------------------------------------------------------------------------
-    def client_tls(self, cluster: Cluster, endpoint: Endpoint) -> ClientTls | None:
+    def client_tls(self, cluster: Cluster, endpoint: Endpoint, alpn: tuple[str, ...] = ()) -> ClientTls | None:
         """The TLS to connect to `endpoint` of `cluster` with: None for plaintext.  Raises
         TlsNotReady when TLS is wanted but not ready (secrets still warming or broken)."""
         if cluster.transport_socket is None and not cluster.transport_socket_matches:
@@ -186,6 +202,8 @@ class TlsWiring:
         provider = ct.resolve(endpoint)
         if provider is None:
             return None
+        if alpn:
+            provider = ct.variant(provider, alpn)
         tls = provider.client
         if tls is None:
             raise TlsNotReady(f"TLS for cluster '{cluster.name}' is not ready: {provider.error or 'warming'}")
@@ -209,14 +227,14 @@ def _secret_error(name: str, reason: str) -> None:
     log.warning("secret '%s' not rotated: %s", name, reason)
 
 
-def upstream_tls(host: Any, loop: asyncio.AbstractEventLoop) -> ClientTls | None:
+def upstream_tls(host: Any, loop: asyncio.AbstractEventLoop, alpn: tuple[str, ...] = ()) -> ClientTls | None:
     """The TLS to connect to an upstream host (cluster_manager.Host) with; None for plaintext.
     Raises TlsNotReady (an OSError: a connect failure) when it is wanted but not ready."""
     cluster = host.cluster
     cfg = cluster.config
     if cfg.transport_socket is None and not cfg.transport_socket_matches:
         return None
-    return wiring_for(loop, getattr(cluster, "_registry", None)).client_tls(cfg, host.endpoint)
+    return wiring_for(loop, getattr(cluster, "_registry", None)).client_tls(cfg, host.endpoint, alpn)
 
 
 _wirings: dict[int, TlsWiring] = {}

@@ -165,6 +165,7 @@ def translate_cluster(pb: cluster_pb2.Cluster, path: str) -> Cluster:
         original_dst=original_dst,
         upstream_bind_address=_bind_address(pb, path),
         metadata_exchange=cluster_filters(list(pb.filters), f"{path}.filters"),
+        istio_alpn_override=_istio_alpn_override(pb),
         **_transport_sockets(pb, path),
         **_eds(pb, kind, path),
         **lb_kw,
@@ -680,3 +681,12 @@ def _common(
     cp = f"{path}.common_http_protocol_options"
     check_fields(c, cp, handled=("idle_timeout", "max_requests_per_connection"))
     return opt_duration(c, "idle_timeout", 3600.0), opt_uint(c, "max_requests_per_connection", 0)
+
+
+def _istio_alpn_override(pb: cluster_pb2.Cluster) -> bool:
+    """Istio's istio.alpn filter leaves a cluster's own ALPN alone when its metadata has
+    filter_metadata.istio.alpn_override "false" (istiod sets it where the peer is no Istio proxy)."""
+    istio = pb.metadata.filter_metadata.get("istio")
+    if istio is None or "alpn_override" not in istio.fields:
+        return True
+    return bool(istio.fields["alpn_override"].string_value != "false")

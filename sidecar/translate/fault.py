@@ -95,6 +95,9 @@ def per_filter_config(name: str, any_pb: Any, path: str) -> object:
         from sidecar.translate.rbac import translate_rbac_per_route  # imports rds lazily too
 
         return translate_rbac_per_route(typed_config(any_pb, path), path)
+    if type_name(any_pb.type_url) == "envoy.extensions.filters.http.cors.v3.CorsPolicy":
+        # The CORS filter is accepted only as a no-op (translate/istio.py): a policy would be faked.
+        raise ConfigError(path, "CORS policies are not supported by sidecar yet")
     if type_name(any_pb.type_url) not in (FAULT_TYPE, *_TYPED_STRUCT_TYPES):
         return any_pb
     msg = typed_config(any_pb, path)

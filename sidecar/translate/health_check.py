@@ -52,6 +52,7 @@ def translate_health_check(pb: Any, path: str) -> HealthCheck:
             "tcp_health_check",
             "grpc_health_check",  # refused below, with a reason
             "custom_health_check",
+            "transport_socket_match_criteria",
             *_DURATIONS,
         ),
         ignored=(
@@ -99,7 +100,18 @@ def translate_health_check(pb: Any, path: str) -> HealthCheck:
         unhealthy_interval=opt_duration(pb, "unhealthy_interval", 0.0),
         unhealthy_edge_interval=opt_duration(pb, "unhealthy_edge_interval", 0.0),
         healthy_edge_interval=opt_duration(pb, "healthy_edge_interval", 0.0),
+        transport_socket_match_criteria=_match_criteria(pb),
     )
+
+
+def _match_criteria(pb: Any) -> tuple[tuple[str, str], ...] | None:
+    """transport_socket_match_criteria as the labels a transport_socket_matches entry is matched
+    against (HealthCheckerImplBase::transportSocketMatchMetadata)."""
+    if not pb.HasField("transport_socket_match_criteria"):
+        return None
+    from sidecar.translate.cds import struct_labels  # cds.py imports this module: keep it lazy
+
+    return struct_labels(pb.transport_socket_match_criteria)
 
 
 def _payload(pb: Any, path: str) -> bytes:

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Collection, Iterable
 
 from envoy.config.core.v3 import address_pb2
+from envoy.config.core.v3 import base_pb2 as core_base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
@@ -34,16 +35,21 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import json_format
 
 from sidecar.listener.chain_match import ChainTable, OverlappingMatch, compile_chains
+from sidecar.model.istio import MetadataExchange
 from sidecar.model.listener import (
     ANY_MATCH,
+    NO_CLIENT_CERT_DETAILS,
+    ClientCertDetails,
     FilterChain,
     FilterChainMatch,
+    ForwardClientCert,
     HeadersWithUnderscoresAction,
     HttpConnectionManager,
     HttpFilterConfig,
     Listener,
     ListenerFilter,
     ListenerFilterKind,
+    ListenerFilterPredicate,
     NetworkFilter,
     ServerHeaderTransformation,
     SourceType,
@@ -52,6 +58,8 @@ from sidecar.model.listener import (
 )
 from sidecar.model.rbac import NetworkRbac
 from sidecar.model.tls import DownstreamTlsContext
+from sidecar.translate import istio
+from sidecar.translate.access_log import translate_access_logs
 from sidecar.translate.common import (
     bool_value,
     config_hash,
@@ -65,7 +73,13 @@ from sidecar.translate.errors import ConfigError
 from sidecar.translate.fields import check_fields, opt_duration, opt_uint
 from sidecar.translate.hcm_internal import hcm_internal_address_config
 from sidecar.translate.rbac import rbac_http_filter, translate_network_rbac
-from sidecar.translate.tls import refuse_dynamic_sds, translate_transport_socket
+from sidecar.translate.tls import translate_transport_socket
+from sidecar.translate.tracing import (
+    egress_chains,
+    translate_request_id,
+    translate_tracing,
+    translate_upgrade_configs,
+)
 
 ROUTER = router_pb2.Router.DESCRIPTOR.full_name
 FAULT = fault_pb2.HTTPFault.DESCRIPTOR.full_name
@@ -85,6 +99,7 @@ _LISTENER_HANDLED = (
     "continue_on_listener_filters_timeout",
     "transparent",
     "freebind",
+    "access_log",
 )
 # Socket and scheduling tuning, drain hints and metadata: no behaviour a client could observe here.
 _LISTENER_IGNORED = (
@@ -131,6 +146,9 @@ def translate_listener(
         default = _filter_chain(pb.default_filter_chain, f"{path}.default_filter_chain", clusters, str(address))
         # The default chain's own filter_chain_match is ignored by Envoy (it is the fallback).
         default = dataclasses.replace(default, match=ANY_MATCH)
+    if pb.traffic_direction == core_base_pb2.OUTBOUND:
+        # Tracing's operation name is Egress on an outbound listener (the decorator header's side).
+        chains, default = egress_chains(chains, default)
     table = _chain_table(pb, path, chains, default, str(address))
     return Listener(
         name=name,
@@ -148,6 +166,7 @@ def translate_listener(
         continue_on_listener_filters_timeout=pb.continue_on_listener_filters_timeout,
         transparent=bool_value(pb, "transparent", False),
         freebind=bool_value(pb, "freebind", False),
+        access_log=translate_access_logs(pb.access_log, f"{path}.access_log"),
         chain_table=table,
     )
 
@@ -158,11 +177,11 @@ def translate_listener(
 def _listener_filters(pb: listener_pb2.Listener, path: str) -> tuple[ListenerFilter, ...]:
     """original_dst, tls_inspector and http_inspector, found by their typed_config type as Envoy
     finds them; any other listener filter is refused."""
-    out = []
+    out: list[ListenerFilter] = []
     for i, lf in enumerate(pb.listener_filters):
         fp = f"{path}[{i}]"
-        # filter_disabled (a matcher) and config_discovery (ECDS) are not implemented.
-        check_fields(lf, fp, handled=("name", "typed_config"))
+        # config_discovery (ECDS) is not implemented.
+        check_fields(lf, fp, handled=("name", "typed_config", "filter_disabled"))
         if not lf.name:
             raise ConfigError(f"{fp}.name", "value length must be at least 1 characters")
         if not lf.HasField("typed_config"):
@@ -170,6 +189,9 @@ def _listener_filters(pb: listener_pb2.Listener, path: str) -> tuple[ListenerFil
                 f"{fp}.typed_config", f"Didn't find a registered implementation for '{lf.name}' with type URL: ''"
             )
         tp = f"{fp}.typed_config"
+        if istio.skip_istio_filter("listener filter", lf.name, lf.typed_config, tp):
+            continue
+        n = len(out)
         msg = typed_config(lf.typed_config, tp)
         if isinstance(msg, original_dst_pb2.OriginalDst):
             check_fields(msg, tp, handled=())
@@ -201,7 +223,33 @@ def _listener_filters(pb: listener_pb2.Listener, path: str) -> tuple[ListenerFil
                 tp,
                 f"listener filter '{lf.name}' of type '{msg.DESCRIPTOR.full_name}' is not supported by sidecar yet",
             )
+        if lf.HasField("filter_disabled") and len(out) > n:
+            disabled = _predicate(lf.filter_disabled, f"{fp}.filter_disabled")
+            out[-1] = dataclasses.replace(out[-1], disabled=disabled)
     return tuple(out)
+
+
+def _predicate(
+    pb: listener_components_pb2.ListenerFilterChainMatchPredicate, path: str
+) -> ListenerFilterPredicate:
+    """ListenerFilter.filter_disabled (Envoy's ListenerFilterMatcher)."""
+    which = pb.WhichOneof("rule")
+    if which is None:
+        raise ConfigError(path, 'field: "rule", reason: is required')
+    if which == "any_match":
+        if not pb.any_match:
+            raise ConfigError(f"{path}.any_match", "value must equal true")
+        return ListenerFilterPredicate("any")
+    if which == "destination_port_range":
+        r = pb.destination_port_range
+        return ListenerFilterPredicate("port", start=r.start, end=r.end)
+    if which == "not_match":
+        return ListenerFilterPredicate("not", (_predicate(pb.not_match, f"{path}.not_match"),))
+    rules = getattr(pb, which).rules
+    if len(rules) < 2:
+        raise ConfigError(f"{path}.{which}.rules", "value must contain at least 2 item(s)")
+    sub = tuple(_predicate(r, f"{path}.{which}.rules[{i}]") for i, r in enumerate(rules))
+    return ListenerFilterPredicate("and" if which == "and_match" else "or", sub)
 
 
 def _chain_table(
@@ -300,10 +348,15 @@ def _filter_chain(
     match = _chain_match(fc, path, address)
     tls = _chain_tls(fc, path)
     filters: list[NetworkFilter] = []
+    mx: MetadataExchange | None = None
     last = len(fc.filters) - 1
     for i, f in enumerate(fc.filters):
         fp = f"{path}.filters[{i}]"
-        filters.append(_network_filter(f, fp, clusters))
+        nf = _network_filter(f, fp, clusters)
+        if not isinstance(nf, (TcpProxy, HttpConnectionManager, NetworkRbac)):
+            mx = nf or mx  # an Istio filter: skipped, or the metadata exchange kept on the chain
+            continue
+        filters.append(nf)
         # tcp_proxy and http_connection_manager are terminal (Envoy: validateTerminalFilters);
         # network RBAC is a read filter that may come before them.
         if i != last and not isinstance(filters[-1], NetworkRbac):
@@ -319,6 +372,7 @@ def _filter_chain(
         match=match,
         transport_socket=tls,
         transport_socket_connect_timeout=opt_duration(fc, "transport_socket_connect_timeout", 0.0),
+        metadata_exchange=mx,
     )
 
 
@@ -328,13 +382,13 @@ def _chain_tls(fc: listener_components_pb2.FilterChain, path: str) -> Downstream
         return None
     tls = translate_transport_socket(fc.transport_socket, f"{path}.transport_socket", downstream=True)
     assert tls is None or isinstance(tls, DownstreamTlsContext)
-    refuse_dynamic_sds(tls, f"{path}.transport_socket.typed_config")
     return tls
 
 
 def _network_filter(
     f: listener_components_pb2.Filter, path: str, clusters: Collection[str] | None
-) -> NetworkFilter:
+) -> NetworkFilter | MetadataExchange | None:
+    """The translated filter; a MetadataExchange or None for an Istio-private one (translate/istio.py)."""
     check_fields(f, path, handled=("name", "typed_config"))
     if not f.name:
         raise ConfigError(f"{path}.name", "value length must be at least 1 characters")
@@ -344,6 +398,9 @@ def _network_filter(
             f"Didn't find a registered implementation for '{f.name}' with type URL: ''",
         )
     tp = f"{path}.typed_config"
+    found = istio.network_filter(f.name, f.typed_config, tp)
+    if found is not False:
+        return found if isinstance(found, MetadataExchange) else None
     msg = typed_config(f.typed_config, tp)  # a TypedStruct wrapper is opened, as Envoy does
     kind = msg.DESCRIPTOR.full_name
     if isinstance(msg, network_rbac_pb2.RBAC):
@@ -359,7 +416,9 @@ def _tcp_proxy(pb: tcp_proxy_pb2.TcpProxy, path: str) -> TcpProxy:
     check_fields(
         pb,
         path,
-        handled=("stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts"),
+        handled=(
+            "stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts", "access_log"
+        ),
     )
     if not pb.stat_prefix:
         raise ConfigError(f"{path}.stat_prefix", "value length must be at least 1 characters")
@@ -392,6 +451,7 @@ def _tcp_proxy(pb: tcp_proxy_pb2.TcpProxy, path: str) -> TcpProxy:
         weighted_clusters=tuple(weighted),
         idle_timeout=opt_duration(pb, "idle_timeout", 3600.0),
         max_connect_attempts=attempts,
+        access_log=translate_access_logs(pb.access_log, f"{path}.access_log"),
     )
 
 
@@ -422,6 +482,12 @@ _HCM_HANDLED = (
     "normalize_path",
     "merge_slashes",
     "path_with_escaped_slashes_action",
+    "forward_client_cert_details",
+    "set_current_client_cert_details",
+    "access_log",
+    "tracing",
+    "request_id_extension",
+    "upgrade_configs",
 )
 
 
@@ -521,7 +587,26 @@ def _hcm(
         codec_type=codec,
         rds_name=rds_name,
         rds_source=rds_source,
+        forward_client_cert_details=ForwardClientCert[enum_name(pb, "forward_client_cert_details", path)],
+        set_current_client_cert_details=_client_cert_details(pb, path),
+        access_log=translate_access_logs(pb.access_log, f"{path}.access_log"),
+        tracing=translate_tracing(pb.tracing, f"{path}.tracing") if pb.HasField("tracing") else None,
+        request_id_extension=translate_request_id(pb, path),
+        upgrade_types=translate_upgrade_configs(pb.upgrade_configs, path),
+        upstream_alpn=istio.upstream_alpn(pb.http_filters, path),
     )
+
+
+def _client_cert_details(pb: hcm_pb2.HttpConnectionManager, path: str) -> ClientCertDetails:
+    """set_current_client_cert_details; Envoy reads it only for APPEND_FORWARD and SANITIZE_SET."""
+    if not pb.HasField("set_current_client_cert_details"):
+        return NO_CLIENT_CERT_DETAILS
+    d = pb.set_current_client_cert_details
+    check_fields(d, f"{path}.set_current_client_cert_details", handled=("subject", "cert", "chain", "dns", "uri"))
+    details = ClientCertDetails(
+        subject=bool_value(d, "subject", False), cert=d.cert, chain=d.chain, dns=d.dns, uri=d.uri
+    )
+    return NO_CLIENT_CERT_DETAILS if details == NO_CLIENT_CERT_DETAILS else details
 
 
 def _rds(pb: hcm_pb2.HttpConnectionManager, path: str) -> tuple[str, object]:
@@ -560,6 +645,8 @@ def _http_filters(pb: hcm_pb2.HttpConnectionManager, path: str) -> tuple[HttpFil
                 f"{fp}.typed_config",
                 f"Didn't find a registered implementation for '{f.name}' with type URL: ''",
             )
+        if istio.skip_istio_filter("http filter", f.name, f.typed_config, f"{fp}.typed_config"):
+            continue
         try:
             msg = typed_config(f.typed_config, f"{fp}.typed_config")
         except ConfigError:
@@ -571,6 +658,8 @@ def _http_filters(pb: hcm_pb2.HttpConnectionManager, path: str) -> tuple[HttpFil
             continue
         if isinstance(msg, fault_pb2.HTTPFault):
             out.append(_fault_filter(f, msg, fp, i == last))
+            continue
+        if msg is not None and istio.skip_standard_http_filter(f.name, msg, fp):
             continue
         if not isinstance(msg, router_pb2.Router):
             kind = msg.DESCRIPTOR.full_name if msg is not None else type_name(f.typed_config.type_url)

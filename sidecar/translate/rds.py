@@ -36,13 +36,14 @@ from sidecar.model.route import (
 )
 from sidecar.routing import matchers as m
 from sidecar.routing.table import DuplicateDomainError, RouteTable
-from sidecar.translate.common import enum_name
+from sidecar.translate.common import bool_value, enum_name
 from sidecar.translate.errors import ConfigError
 from sidecar.translate.fault import per_filter_config
 from sidecar.translate.fields import check_fields, opt_uint
 from sidecar.translate.headers import maybe_mutations
 from sidecar.translate.retry import translate_retry_policy
 from sidecar.translate.route_match import header_text, milliseconds, regex_rewrite, translate_route_match
+from sidecar.translate.tracing import translate_route_upgrades
 
 _DEFAULT_MAX_BODY = 4096
 _REDIRECT_CODES = {
@@ -117,9 +118,17 @@ def translate_route_action(pb: rc_pb2.RouteAction, path: str) -> RouteAction:
             "retry_policy",
             "hash_policy",
             "request_mirror_policies",
+            "max_grpc_timeout",
+            "grpc_timeout_offset",
+            "upgrade_configs",
         ),
     )
     kw: dict[str, Any] = {}
+    for name in ("max_grpc_timeout", "grpc_timeout_offset"):
+        if pb.HasField(name):
+            kw[name] = milliseconds(getattr(pb, name), f"{path}.{name}")
+    if pb.upgrade_configs:
+        kw["upgrade_configs"] = translate_route_upgrades(pb.upgrade_configs, path)
     if pb.hash_policy:
         kw["hash_policy"] = _hash_policies(pb.hash_policy, f"{path}.hash_policy")
     if pb.request_mirror_policies:
@@ -330,6 +339,7 @@ def translate_route(pb: rc_pb2.Route, path: str, max_body: int = _DEFAULT_MAX_BO
             "redirect",
             "direct_response",
             "typed_per_filter_config",
+            "decorator",
             *_MUTATION_FIELDS,
         ),
         # Route metadata is read by nothing here (no metadata matchers or formatters).
@@ -359,7 +369,19 @@ def translate_route(pb: rc_pb2.Route, path: str, max_body: int = _DEFAULT_MAX_BO
         mutations=maybe_mutations(pb, path),
         match_prefix=matched,
         typed_per_filter_config=per_filter,
+        **_decorator(pb, path),
     )
+
+
+def _decorator(pb: rc_pb2.Route, path: str) -> dict[str, Any]:
+    """Route.decorator: names the tracing span only (no tracer here, nothing on the wire)."""
+    if not pb.HasField("decorator"):
+        return {}
+    d = pb.decorator
+    check_fields(d, f"{path}.decorator", handled=("operation", "propagate"))
+    if not d.operation:
+        raise ConfigError(f"{path}.decorator.operation", "value length must be at least 1 characters")
+    return {"decorator_operation": d.operation, "decorator_propagate": bool_value(d, "propagate", True)}
 
 
 def translate_virtual_host(

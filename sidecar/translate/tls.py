@@ -470,7 +470,10 @@ def _sds_source(pb: config_source_pb2.ConfigSource, path: str) -> SdsSource:
     if which == "path":
         return SdsSource(SdsSourceKind.PATH, path=pb.path, initial_fetch_timeout=timeout)
     if which == "path_config_source":
+        # A file holding a DiscoveryResponse, watched (xds/files.py; watched_directory is not).
         check_fields(pb.path_config_source, f"{path}.path_config_source", handled=("path",))
+        if not pb.path_config_source.path:
+            raise ConfigError(f"{path}.path_config_source.path", "value length must be at least 1 characters")
         return SdsSource(SdsSourceKind.PATH, path=pb.path_config_source.path, initial_fetch_timeout=timeout)
     if which != "api_config_source":
         raise ConfigError(
@@ -521,26 +524,6 @@ def translate_static_secrets(pbs: Iterable[secret_pb2.Secret], path: str) -> dic
             raise ConfigError(f"{path}[{i}].name", f"Duplicate static {kind} secret name {secret.name}")
         out[secret.name] = secret
     return out
-
-
-def refuse_dynamic_sds(ctx: TlsContext | None, path: str) -> None:
-    """SDS over xDS (sds_config: ads, api_config_source, path) has no client yet: refuse it here,
-    with its path, rather than accept a context that would never get its secrets."""
-    if ctx is None:
-        return
-    common = ctx.common
-    for i, ref in enumerate(common.tls_certificate_sds):
-        if ref.source.kind is not SdsSourceKind.STATIC:
-            raise ConfigError(
-                f"{path}.common_tls_context.tls_certificate_sds_secret_configs[{i}].sds_config",
-                "SDS is not supported by sidecar yet (static_resources.secrets are)",
-            )
-    vc = common.validation_context_sds
-    if vc is not None and vc.source.kind is not SdsSourceKind.STATIC:
-        raise ConfigError(
-            f"{path}.common_tls_context.validation_context_sds_secret_config.sds_config",
-            "SDS is not supported by sidecar yet (static_resources.secrets are)",
-        )
 
 
 def check_static_secret_refs(

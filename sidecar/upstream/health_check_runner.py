@@ -5,16 +5,24 @@ check's timeout, hand the outcome to the pure HealthChecker, tell the cluster wh
 changed, sleep for the interval the core chose.  The connection is kept between probes when
 reuse_connection is set (Envoy's default) and the peer keeps it open.  Probe connections are not
 upstream traffic: they count in no cluster stat but health_check.*.  Every policy `if` lives in the
-core; this module only moves bytes and sleeps."""
+core; this module only moves bytes and sleeps.
+
+A cluster with a transport_socket (or transport_socket_matches) is probed over TLS, as Envoy's
+createHealthCheckConnection does: the host's TLS comes from sidecar.tls.wiring, resolved against
+the check's transport_socket_match_criteria when it has some, else against the host's metadata.
+Handshakes count in the cluster's ssl.* stats; a failed handshake, a refused peer (SAN matchers)
+or TLS that is not ready yet is a network failure of the probe."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
+import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httptools
 
@@ -33,6 +41,7 @@ from sidecar.upstream.health_check import (
 
 if TYPE_CHECKING:
     from sidecar.model.endpoint import Endpoint
+    from sidecar.tls.handshake import ClientTls
 
 log = logging.getLogger("sidecar.upstream.health_check")
 _READ = 65536
@@ -114,6 +123,7 @@ class HealthCheckRunner:
         "_tasks",
         "cfg",
         "checker",
+        "cluster",
         "cluster_name",
         "had_traffic",
         "loop",
@@ -127,8 +137,12 @@ class HealthCheckRunner:
         loop: asyncio.AbstractEventLoop,
         had_traffic: Callable[[], bool],
         on_result: Callable[[object, bool, Transition], None],
+        cluster: Any = None,
     ) -> None:
         self.cluster_name = cluster_name
+        # The live cluster (cluster_manager's: its `config` and stats registry), for the TLS of a
+        # probe; None probes in plaintext.
+        self.cluster = cluster
         self.checker = checker
         self.cfg: HealthCheck = checker.cfg
         self.loop = loop
@@ -218,13 +232,50 @@ class HealthCheckRunner:
         finally:
             s.drop()
 
+    def _client_tls(self, ep: Endpoint) -> ClientTls | None:
+        """The TLS to probe `ep` with (None: plaintext).  Raises TlsNotReady (an OSError)."""
+        cluster = self.cluster
+        if cluster is None:
+            return None
+        config = cluster.config
+        if config.transport_socket is None and not config.transport_socket_matches:
+            return None
+        from sidecar.tls.wiring import wiring_for  # the tls package is only needed for TLS clusters
+
+        criteria = self.cfg.transport_socket_match_criteria
+        if criteria is not None:
+            # The criteria stand for the host's metadata (and there is no locality metadata then).
+            ep = dataclasses.replace(ep, socket_match=criteria, locality_socket_match=None)
+        return wiring_for(self.loop, getattr(cluster, "_registry", None)).client_tls(config, ep)
+
     async def _connect(self, ep: Endpoint) -> _Conn:
         addr = ep.address
-        if addr.pipe:
-            reader, writer = await asyncio.open_unix_connection(addr.pipe)
-        else:
-            reader, writer = await asyncio.open_connection(addr.host, ep.health_check_port or addr.port)
-        return _Conn(reader, writer)
+        tls = self._client_tls(ep)
+        ctx = tls.ssl_context if tls is not None else None
+        sni = tls.server_hostname if tls is not None else None
+        try:
+            if addr.pipe:
+                reader, writer = await asyncio.open_unix_connection(addr.pipe, ssl=ctx, server_hostname=sni)
+            else:
+                port = ep.health_check_port or addr.port
+                reader, writer = await asyncio.open_connection(addr.host, port, ssl=ctx, server_hostname=sni)
+        except ssl.SSLError as exc:
+            if tls is not None:
+                reason = tls.on_handshake_error(exc)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("cluster %s: health check TLS handshake failed: %s", self.cluster_name, reason)
+            raise
+        conn = _Conn(reader, writer)
+        if tls is not None:
+            verdict = tls.on_handshake(writer.get_extra_info("ssl_object"))
+            if not verdict.ok:
+                conn.close()
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug(
+                        "cluster %s: health check TLS peer refused: %s", self.cluster_name, verdict.reason
+                    )
+                raise _Closed
+        return conn
 
     async def _probe(self, s: _Session) -> tuple[HttpResult, bool]:
         """(result, immediate-fail header); network failures raise."""

@@ -14,6 +14,9 @@ version.  An empty result means everything was applied and commits the update (A
 result means nothing was applied and the previous configuration keeps serving; the update is
 discarded and the response NACKed with the previous version and an error_detail naming each
 resource and field.  `apply` must never half-apply: validate everything first, then swap.
+Exception, Envoy's per-resource acceptance of CDS and LDS: `apply` may return a `Partial` (the
+errors, each naming its resource): the other resources and the removals are committed, the response
+is still NACKed (the version stays the previous one) with the refused resources' errors.
 
 Behaviour copied from Envoy (checked against envoy 1.40 on tests/support/fake_xds.py):
 - The node goes on the first request of each stream, and on every request unless
@@ -85,6 +88,12 @@ class Rejected:
         return f"{self.resource}: {where}{self.reason}" if self.resource else f"{where}{self.reason}"
 
 
+class Partial(list[Rejected]):
+    """`apply`'s answer when some resources were applied and others refused (Envoy's
+    CdsApiHelper/LdsApiImpl::onConfigUpdate): every resource but the ones the errors name is kept,
+    and the update's removals, and the response is NACKed with the errors."""
+
+
 @dataclass(frozen=True, slots=True)
 class Update:
     """One response to apply.  `updated` holds decoded messages (Listener, Cluster, ...) that are new
@@ -98,6 +107,12 @@ class Update:
     # What accepting commits: name -> (digest, Delta resource version); the stream epoch.
     _commit: Mapping[str, tuple[bytes, str]] = field(default_factory=dict, repr=False, compare=False)
     _epoch: int = field(default=0, repr=False, compare=False)
+
+    @property
+    def received(self) -> frozenset[str]:
+        """Every resource name the response carried, changed or not (per-resource stats count
+        each one, as Envoy's per-resource subscriptions do)."""
+        return frozenset(self._commit)
 
     def resource_version(self, name: str) -> str:
         """Delta: the version the server gave resource `name` ("" in SotW, where only `version` exists)."""
@@ -449,14 +464,17 @@ class XdsState:
         sub = self._subs.get(update.type_url)
         if sub is None:
             return
-        if errors:
+        if errors and not isinstance(errors, Partial):
             self._nack(sub, update.nonce, errors, update._epoch)
             return
+        refused = {e.resource for e in errors}
         for name in update.removed:
             held = sub.held.pop(name, None)
             if held is not None:
                 sub.by_digest.pop(held[0], None)
         for name, (digest, version) in update._commit.items():
+            if name in refused:
+                continue  # refused: its previous version (if any) stays held
             old = sub.held.get(name)
             if old is not None:
                 sub.by_digest.pop(old[0], None)
@@ -465,6 +483,9 @@ class XdsState:
             sub.deadlines.pop(name, None)
         if sub.names is None:
             sub.deadlines.clear()
+        if errors:
+            self._nack(sub, update.nonce, errors, update._epoch)
+            return
         sub.version = update.version
         sub.error = None
         st = sub.stats

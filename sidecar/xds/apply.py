@@ -1,18 +1,25 @@
-"""Dynamic configuration of one worker: xDS resources translated, checked all-or-nothing, swapped in.
+"""Dynamic configuration of one worker: xDS resources translated, checked, swapped in.
 
-`DynamicConfig` holds what LDS, RDS, CDS and EDS gave this worker and applies each accepted
-response in two steps, as the apply contract of ads.py asks:
+`DynamicConfig` holds what LDS, RDS, CDS, EDS and SDS gave this worker and applies each response in
+two steps, as the apply contract of ads.py asks:
 
 - `prepare(type_url, updated, removed)` translates every resource of the response (translate/) and
-  returns the new models, or the `Rejected` list that becomes the NACK (nothing changed);
+  returns the new models, or the `Rejected` list that becomes the NACK (nothing changed).  CDS and
+  LDS are accepted per resource, as Envoy's CdsApiHelper/LdsApiImpl::onConfigUpdate do: the valid
+  clusters/listeners (and SotW removals) are kept in `Prepared.models`, the refused ones go to
+  `Prepared.rejected` (the response is still NACKed with their reasons; their previous version, if
+  any, keeps serving).  RDS, EDS and SDS responses stay all-or-nothing.  An SDS secret is also
+  built once (sds.check_secret), so a garbage PEM or a mismatched key is a NACK;
 - `commit(prepared, ...)` swaps them in: clusters into the ClusterManager (an update that only
   brings endpoints calls ClusterState.set_endpoints, so pools, outlier state and stats stay), route
   configurations into the HcmRuntimes that name them (one reference swap per runtime), listeners
-  into the ListenerManager (a replaced or removed listener drains for --drain-time-s).
+  into the ListenerManager (a replaced or removed listener drains for --drain-time-s), secrets into
+  this process's SecretStore (`wiring_for(loop).store`; the TlsProviders rebuild on change).
 
 Warming, as Envoy's cluster and listener managers do it: a new EDS cluster stays warming until its
 ClusterLoadAssignment arrives, a new listener until every RouteConfiguration its connection
-managers name has arrived; an initial_fetch_timeout (`timed_out`) ends the wait with what there is
+managers name has arrived; a cluster or listener whose TLS contexts name SDS secrets also waits for
+them (Envoy's SDS init targets); an initial_fetch_timeout (`timed_out`) ends the wait with what there is
 (no hosts, an empty route table).  A warming update of an active resource leaves the old one
 serving meanwhile.
 
@@ -33,8 +40,10 @@ from sidecar.model.cluster import Cluster, DiscoveryType
 from sidecar.model.endpoint import Endpoint
 from sidecar.model.listener import HttpConnectionManager, Listener
 from sidecar.model.route import RouteConfiguration
+from sidecar.model.secret import SdsSecretConfig
 from sidecar.translate.errors import ConfigError
-from sidecar.xds.ads import CLUSTER, ENDPOINT, LISTENER, ROUTE, Rejected
+from sidecar.xds import sds
+from sidecar.xds.ads import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Rejected
 
 log = logging.getLogger("sidecar.config")
 
@@ -61,6 +70,11 @@ class Prepared:
     # LDS: bound sockets for listeners that need a new one (the main process binds them while
     # preparing, so that an address in use becomes a NACK).
     sockets: dict[str, socket.socket] = field(default_factory=dict)
+    # CDS/LDS per-resource acceptance: the refused resources (the response is NACKed with them).
+    rejected: list[Rejected] = field(default_factory=list)
+    # LDS: the port the kernel gave a listener asking for port 0 (main process), relayed so that
+    # every worker binds its SO_REUSEPORT socket to that same port.
+    ports: dict[str, int] = field(default_factory=dict)
 
     def close_sockets(self) -> None:
         for s in self.sockets.values():
@@ -105,7 +119,9 @@ class DynamicConfig:
         lm: Any,
         bind: Any,
         drain_time: float,
+        secrets: Any = None,
     ) -> None:
+        self._store = secrets  # a tls.secrets.SecretStore; None: this loop's TlsWiring store
         self.static_clusters = dict(static_clusters)
         self.static_listeners = tuple(static_listeners)
         self.static_listener_names = frozenset(lst.name for lst in self.static_listeners)
@@ -127,7 +143,20 @@ class DynamicConfig:
         self.listeners: dict[str, Listener] = {}  # every accepted dynamic listener
         self.warming_listeners: dict[str, Listener] = {}
         self.warming_sockets: dict[str, socket.socket] = {}
-        self.accepted: dict[str, dict[str, Accepted]] = {CLUSTER: {}, ENDPOINT: {}, LISTENER: {}, ROUTE: {}}
+        self.sds_timed_out: set[str] = set()
+        self.accepted: dict[str, dict[str, Accepted]] = {
+            CLUSTER: {}, ENDPOINT: {}, LISTENER: {}, ROUTE: {}, SECRET: {}
+        }
+
+    @property
+    def store(self) -> Any:
+        if self._store is None:
+            import asyncio
+
+            from sidecar.tls.wiring import wiring_for
+
+            self._store = wiring_for(asyncio.get_running_loop()).store
+        return self._store
 
     # -- translation (no side effect but binding sockets) -----------------------------------------
     def prepare(
@@ -139,9 +168,11 @@ class DynamicConfig:
         versions: Mapping[str, str] | None = None,
         bind_sockets: bool = True,
     ) -> Prepared | list[Rejected]:
-        """Translate every resource; the Rejected list (NACK) if any is refused."""
+        """Translate every resource; the Rejected list (NACK) if any is refused (CDS/LDS: only when
+        none is left to apply, see the module docstring)."""
         from sidecar.translate import cds, lds
         from sidecar.translate.rds import translate_route_configuration
+        from sidecar.translate.tls import translate_secret
 
         errors: list[Rejected] = []
         models: dict[str, Any] = {}
@@ -160,6 +191,10 @@ class DynamicConfig:
                         raise ConfigError("name", f"listener '{name}' is a static listener and cannot be updated")
                     known = {*self.static_clusters, *self.clusters}
                     models[name] = lds.translate_listener(pb, "", clusters=known)
+                elif type_url == SECRET:
+                    secret = translate_secret(pb, "")
+                    sds.check_secret(secret, self.store)
+                    models[name] = secret
                 else:
                     raise ConfigError("", f"{type_url} resources are not supported by sidecar yet")
             except ConfigError as e:
@@ -167,20 +202,34 @@ class DynamicConfig:
             except Exception as e:  # a translation bug: refuse the resource, keep serving
                 log.exception("translating %s %s failed", type_url, name)
                 errors.append(Rejected(name, "", f"internal error: {e!r}"))
-        if not errors and type_url == LISTENER:
-            errors = self._check_addresses(models, removed)
-        if errors:
+        per_resource = type_url in (CLUSTER, LISTENER)
+        if type_url == LISTENER:
+            bad = {e.resource for e in errors}
+            errors += self._check_addresses({n: m for n, m in models.items() if n not in bad}, removed)
+        if errors and not per_resource:
             return errors
-        prepared = Prepared(type_url, version, models, removed, updated, versions or {})
+        for rej in errors:
+            models.pop(rej.resource, None)
+        if errors and not models and not removed:
+            return errors
+        protos = {n: updated[n] for n in models}
+        prepared = Prepared(type_url, version, models, removed, protos, versions or {}, rejected=errors)
         if type_url == LISTENER and bind_sockets:
-            for name, lst in models.items():
+            for name, lst in list(models.items()):
                 if not lst.bind_to_port or self._same_address(name, lst):
                     continue
                 try:
-                    prepared.sockets[name] = self.bind(lst)
-                except OSError as e:
-                    prepared.close_sockets()
-                    return [Rejected(name, "address", f"cannot bind '{lst.address}': {e.strerror or e}")]
+                    sock = prepared.sockets[name] = self.bind(lst)
+                    if not lst.address.pipe and not lst.address.port:
+                        prepared.ports[name] = int(sock.getsockname()[1])
+                except OSError as e:  # this listener only: the others still apply
+                    del models[name]
+                    del protos[name]
+                    why = f"cannot bind '{lst.address}': {e.strerror or e}"
+                    errors.append(Rejected(name, "address", why))
+            if errors and not models and not removed:
+                prepared.close_sockets()
+                return errors
         return prepared
 
     def _same_address(self, name: str, lst: Listener) -> bool:
@@ -219,6 +268,21 @@ class DynamicConfig:
             await self._commit_routes(p)
         elif p.type_url == LISTENER:
             await self._commit_listeners(p)
+        elif p.type_url == SECRET:
+            await self._commit_secrets(p)
+
+    async def _commit_secrets(self, p: Prepared) -> None:
+        from sidecar.tls.secrets import SecretError
+
+        for name in p.removed:
+            self.store.remove_secret(name)
+        for name, secret in p.models.items():
+            try:
+                self.store.set_secret(secret, p.versions.get(name) or p.version)
+            except SecretError as e:  # a file that went away since prepare: keep the old one
+                log.warning("secret '%s' not updated: %s", name, e)
+        self._activate_clusters([n for n in sorted(self.warming_clusters) if self._warm(n)])
+        await self._activate_warm_listeners()
 
     async def _commit_clusters(self, p: Prepared) -> None:
         for name in p.removed:
@@ -246,7 +310,13 @@ class DynamicConfig:
                 if not names:
                     del self.by_service[cfg.eds_service_name]
 
+    def _secrets_ready(self, refs: Iterable[SdsSecretConfig]) -> bool:
+        """Every SDS secret arrived (or its initial fetch timed out), as Envoy's SDS init targets."""
+        return all(r.name in self.sds_timed_out or self.store.get(r.name) is not None for r in refs)
+
     def _cluster_ready(self, cfg: Cluster) -> bool:
+        if not self._secrets_ready(sds.cluster_refs(cfg)):
+            return False
         if cfg.type is not DiscoveryType.EDS:
             return True
         return cfg.eds_service_name in self.endpoints or cfg.eds_service_name in self.eds_timed_out
@@ -302,6 +372,8 @@ class DynamicConfig:
         await self._activate_warm_listeners()
 
     def _listener_ready(self, lst: Listener) -> bool:
+        if not self._secrets_ready(sds.listener_refs(lst)):
+            return False
         return all(n in self.routes or n in self.rds_timed_out for n in rds_names(lst))
 
     async def _commit_listeners(self, p: Prepared) -> None:
@@ -322,7 +394,7 @@ class DynamicConfig:
             self.warming_listeners.pop(name, None)
             sock = p.sockets.pop(name, None)
             if sock is None and lst.bind_to_port and not self._reusable(name, lst):
-                sock = self.bind(lst)  # a worker binds its own SO_REUSEPORT socket
+                sock = self.bind(lst, p.ports.get(name))  # a worker binds its own SO_REUSEPORT socket
             if self._listener_ready(lst):
                 await self._start_listener(name, lst, sock)
             else:
@@ -360,6 +432,10 @@ class DynamicConfig:
         elif type_url == ROUTE:
             self.rds_timed_out.add(name)
             await self._activate_warm_listeners()
+        elif type_url == SECRET:
+            self.sds_timed_out.add(name)
+            self._activate_clusters([n for n in sorted(self.warming_clusters) if self._warm(n)])
+            await self._activate_warm_listeners()
 
     # -- what the main process subscribes to --------------------------------------------------------
     def eds_interest(self) -> dict[Any, set[str]]:
@@ -378,8 +454,35 @@ class DynamicConfig:
                 out.setdefault(source, set()).add(name)
         return out
 
+    def secret_refs(self, dynamic_only: bool = False) -> list[SdsSecretConfig]:
+        """The SDS references of the static and every accepted dynamic listener and cluster."""
+        out: list[SdsSecretConfig] = []
+        clusters = list(self.clusters.values())
+        listeners = list(self.listeners.values())
+        if not dynamic_only:
+            clusters = [*self.static_clusters.values(), *clusters]
+            listeners = [*self.static_listeners, *listeners]
+        for cfg in clusters:
+            out.extend(sds.cluster_refs(cfg))
+        for lst in listeners:
+            out.extend(sds.listener_refs(lst))
+        return out
+
+    def sds_interest(self) -> dict[Any, set[str]]:
+        """Secret names by config source (xds.config.ConfigSource), for every referenced secret."""
+        return sds.interest(self.secret_refs())
+
+    def static_secrets_pending(self) -> bool:
+        """A static listener or cluster still waits for an SDS secret (Envoy's server init waits)."""
+        refs = [r for c in self.static_clusters.values() for r in sds.cluster_refs(c)]
+        refs += [r for lst in self.static_listeners for r in sds.listener_refs(lst)]
+        return not self._secrets_ready(refs)
+
     def resources(self, type_url: str) -> list[tuple[str, Accepted, bool]]:
-        """(name, accepted, warming) of one type, for /config_dump."""
+        """(name, accepted, warming) of one type, for /config_dump.  SDS: every referenced secret;
+        one not received yet is warming (Envoy's dynamic_warming_secrets)."""
+        if type_url == SECRET:
+            return self._secret_resources()
         warming: set[str] | dict[str, Listener] = set()
         if type_url == CLUSTER:
             warming = self.warming_clusters
@@ -388,3 +491,16 @@ class DynamicConfig:
         book = self.accepted.get(type_url, {})
         return [(n, book[n], n in warming) for n in sorted(book)]
 
+
+    def _secret_resources(self) -> list[tuple[str, Accepted, bool]]:
+        from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+
+        book = self.accepted[SECRET]
+        out = []
+        for name in sorted({r.name for r in self.secret_refs()}):
+            acc = book.get(name)
+            if acc is not None and self.store.get(name) is not None:
+                out.append((name, acc, False))
+            else:
+                out.append((name, Accepted("", 0.0, secret_pb2.Secret(name=name)), True))
+        return out

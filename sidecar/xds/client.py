@@ -12,8 +12,10 @@ imported and channels are made in `start()` and later, on the running loop.
 
 Streams: the bootstrap's ads_config is one stream carrying every `ads` source (SotW
 StreamAggregatedResources or DeltaAggregatedResources); any other ApiConfigSource gets a stream per
-type (ListenerDiscoveryService/StreamListeners, ...), or a REST poller (rest.py).  Envoy opens one
-non-ADS stream per subscription; we open one per (source, type) carrying all its names.
+type (ListenerDiscoveryService/StreamListeners, ...), or a REST poller (rest.py); a path config
+source is a watched file (files.py).  Envoy opens one non-ADS stream per subscription; we open one
+per (source, type) carrying all its names (SDS secrets get a source each, xds/sds.py, so one stream
+per secret as in Envoy).
 
 Reconnect: when a stream cannot open or breaks, wait Envoy's jittered exponential back-off (base
 500 ms, max 30 s, or envoy_grpc.retry_policy.retry_back_off), reset by any response, then open a
@@ -358,7 +360,8 @@ class XdsClient:
         self.resolve = resolve
         self.on_initial_fetch_timeout = on_initial_fetch_timeout
         self.rand = rand
-        self.muxes: dict[tuple[ApiSource | None, str], Mux] = {}
+        # (api source, type) -> its stream; (None, "") is ADS; (("file", path), type) a watched file.
+        self.muxes: dict[tuple[Any, str], Mux] = {}
         self.started = False
 
     def _default_source(self, type_url: str) -> ConfigSource:
@@ -366,10 +369,22 @@ class XdsClient:
         return src if src is not None else ConfigSource(ads=True)
 
     def _mux(self, type_url: str, source: ConfigSource) -> Mux:
+        if source.path:
+            file_key = (("file", source.path), type_url)
+            mux = self.muxes.get(file_key)
+            if mux is None:
+                from sidecar.xds.files import FileMux
+
+                state = XdsState(self.node)
+                mux = FileMux(state, self.apply, self.on_initial_fetch_timeout, source.path, type_url)
+                self.muxes[file_key] = mux
+                if self.started:
+                    mux.start()
+            return mux
         if source.ads:
             if self.dynamic.ads is None:
                 raise ValueError(f"{type_url}: an ads config source needs dynamic_resources.ads_config")
-            key: tuple[ApiSource | None, str] = (None, "")
+            key: tuple[Any, str] = (None, "")
             api = self.dynamic.ads
         else:
             assert source.api is not None

@@ -96,6 +96,9 @@ class ApiSource:
     request_timeout: float = 1.0  # REST
     node_on_first_message_only: bool = False
     rate_limit: RateLimit | None = None
+    # Tells apart sources that must not share a stream: Envoy gives each SDS secret taken from an
+    # api_config_source its own subscription, hence its own gRPC stream (xds/sds.py sets the name).
+    stream_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,7 @@ class ConfigSource:
     ads: bool = False
     api: ApiSource | None = None
     initial_fetch_timeout: float = DEFAULT_INITIAL_FETCH_TIMEOUT
+    path: str = ""  # path_config_source: a watched file holding a DiscoveryResponse (xds/files.py; SDS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,14 +3,17 @@ accepted response to the worker processes.
 
 Lives in the main process only (gRPC objects must not exist before the workers fork).  For each
 response the client hands over, `XdsDriver.apply` translates it (DynamicConfig.prepare: a refused
-resource NACKs the whole response and changes nothing), sends it to every worker (the resources'
-protobuf bytes, names removed and versions, one frame on that worker's pipe), commits it here
-(worker 0), then updates the subscriptions as Envoy's managers do:
+resource NACKs the whole response and changes nothing, except for CDS and LDS where the valid
+resources are applied and the response is NACKed with the others' errors, as Envoy does), sends
+it to every worker (the resources' protobuf bytes, names removed and versions, one frame on that
+worker's pipe), commits it here (worker 0), then updates the subscriptions as Envoy's managers do:
 
 - CDS first; the EDS names of the accepted EDS clusters (eds_cluster_config.service_name or the
   cluster name) are watched on their config source; CDS is paused while clusters warm;
 - LDS only once the first clusters are warm (or CDS timed out), as Envoy's init manager orders it;
-- the RDS names of the accepted listeners' connection managers are watched on their config source.
+- the RDS names of the accepted listeners' connection managers are watched on their config source;
+- the SDS secrets that static and dynamic listeners and clusters name with an sds_config are watched
+  on their stream (ADS, or an api_config_source on an envoy_grpc cluster such as Istio's sds-grpc).
 Each watch passes the whole set, so a name nobody references any more is unsubscribed.
 
 Workers (`WorkerFeed`) read frames from their pipe and run the same DynamicConfig: the same
@@ -30,8 +33,21 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
-from sidecar.xds.ads import CLUSTER, COUNTERS, ENDPOINT, GAUGES, LISTENER, ROUTE, Rejected, Update
+from sidecar.model.listener import HttpConnectionManager
+from sidecar.xds.ads import (
+    CLUSTER,
+    COUNTERS,
+    ENDPOINT,
+    GAUGES,
+    LISTENER,
+    ROUTE,
+    SECRET,
+    Partial,
+    Rejected,
+    Update,
+)
 from sidecar.xds.apply import DynamicConfig, Prepared
 from sidecar.xds.client import CONTROL_PLANE_COUNTERS, CONTROL_PLANE_GAUGES, ENVOY_STAT_PREFIX, XdsClient
 from sidecar.xds.config import ConfigSource, DynamicResources
@@ -43,6 +59,7 @@ _MESSAGES: Mapping[str, Any] = {
     ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
     LISTENER: listener_pb2.Listener,
     ROUTE: route_pb2.RouteConfiguration,
+    SECRET: secret_pb2.Secret,
 }
 _HEADER = struct.Struct("!I")
 
@@ -57,6 +74,7 @@ def encode_update(p: Prepared) -> bytes:
             {n: pb.SerializeToString() for n, pb in p.protos.items()},
             sorted(p.removed),
             dict(p.versions),
+            dict(p.ports),
         ),
         protocol=pickle.HIGHEST_PROTOCOL,
     )
@@ -89,12 +107,16 @@ class XdsDriver:
             dynamic, node, apply=self.apply, resolve=resolve, on_initial_fetch_timeout=self.on_timeout
         )
         self.ready = asyncio.Event()
+        self.lds_timed_out = False
         self.lds_started = False
         self.cds_paused = False
         self.cds_done = dynamic.cds is None  # the first CDS response is in and warm (or timed out)
         self.eds_sources: set[Any] = set()
         self.rds_sources: set[Any] = set()
+        self.sds_sources: set[Any] = set()
+        self._sds_failed: set[Any] = set()
         self._blocks: set[str] = set()
+        self._resource_scopes: set[str] = set()  # RDS/EDS stat scopes whose subscription started
         self.seen: set[str] = set()  # types with an accepted response
         self._tasks: set[asyncio.Future[None]] = set()
 
@@ -105,6 +127,8 @@ class XdsDriver:
         # Static EDS clusters and static listeners with rds subscribe from the start.
         self.eds_sources = self._watch(ENDPOINT, self.config.eds_interest(), self.eds_sources)
         self.rds_sources = self._watch(ROUTE, self.config.rds_interest(), self.rds_sources)
+        self._watch_secrets()
+        self._start_resource_stats()
         self._maybe_start_lds()
         await self.client.start()
 
@@ -129,17 +153,46 @@ class XdsDriver:
     async def apply(self, update: Update) -> list[Rejected]:
         versions = {n: update.resource_version(n) for n in update.updated}
         prepared = self.config.prepare(update.type_url, update.version, update.updated, update.removed, versions)
+        self._count(update, isinstance(prepared, Prepared))
         if not isinstance(prepared, Prepared):
             return prepared
         if self.relay is not None:
             self.relay(encode_update(prepared))
         await self.config.commit(prepared)
         self.seen.add(update.type_url)
-        self._follow()
-        return []
+        self._follow(interest=update.type_url in (CLUSTER, LISTENER))
+        # CDS/LDS: the valid resources are in; the refused ones still NACK the response.
+        return Partial(prepared.rejected) if prepared.rejected else []
+
+    def _count(self, update: Update, accepted: bool) -> None:
+        """Envoy's per-subscription stats of RDS and EDS, which it keeps per resource:
+        http.<stat_prefix>.rds.<route config>.* and cluster.<EDS cluster>.* (update_attempt,
+        update_success, update_rejected).  Off the request path: once per response."""
+        if update.type_url == ROUTE:
+            prefixes = rds_stat_prefixes(self.config)
+            scopes = [f"http.{prefixes[n]}.rds.{n}." for n in sorted(update.received) if n in prefixes]
+        elif update.type_url == ENDPOINT:
+            by_service = self.config.by_service
+            scopes = [f"cluster.{c}." for n in sorted(update.received) for c in sorted(by_service.get(n, ()))]
+        else:
+            return
+        outcome = "update_success" if accepted else "update_rejected"
+        for scope in scopes:
+            self.stats.counter(scope + "update_attempt").inc()
+            self.stats.counter(scope + outcome).inc()
+
+    def _start_resource_stats(self) -> None:
+        """A new RDS or EDS subscription counts one update_attempt when it starts (Envoy's
+        subscription start()), before any response."""
+        prefixes = rds_stat_prefixes(self.config)
+        scopes = {f"http.{p}.rds.{n}." for n, p in prefixes.items()}
+        scopes |= {f"cluster.{c}." for names in self.config.by_service.values() for c in names}
+        for scope in sorted(scopes - self._resource_scopes):
+            self.stats.counter(scope + "update_attempt").inc()
+        self._resource_scopes |= scopes
 
     def on_timeout(self, type_url: str, name: str) -> None:
-        if self.relay is not None and type_url in (ENDPOINT, ROUTE):
+        if self.relay is not None and type_url in (ENDPOINT, ROUTE, SECRET):
             self.relay(encode_timeout(type_url, name))
         task = asyncio.ensure_future(self._timed_out(type_url, name))
         self._tasks.add(task)
@@ -149,7 +202,7 @@ class XdsDriver:
         if type_url == CLUSTER:
             self.cds_done = True
         elif type_url == LISTENER:
-            self.ready.set()
+            self.lds_timed_out = True
         await self.config.timed_out(type_url, name)
         self._follow()
 
@@ -161,10 +214,41 @@ class XdsDriver:
             self.client.watch(type_url, names, source or ConfigSource(ads=True))
         return set(wanted)
 
-    def _follow(self) -> None:
+    def _watch_secrets(self) -> None:
+        wanted = self.config.sds_interest()
+        if self.dynamic.ads is None:
+            # An ads sds_config without dynamic_resources.ads_config: nothing can deliver it.
+            for src in [s for s in wanted if s.ads]:
+                if src not in self._sds_failed:
+                    self._sds_failed.add(src)
+                    log.error("SDS secrets %s: an ads sds_config needs dynamic_resources.ads_config",
+                              sorted(wanted[src]))
+                del wanted[src]
+        self.sds_sources = self._watch(SECRET, wanted, self.sds_sources)
+        for src, names in wanted.items():
+            # Envoy's per-secret subscription stats, sds.<name>.*: a secret from an api_config_source
+            # has its own stream here too (from a file: its own when alone in it), so its
+            # SubscriptionStats are that secret's.  (Over ADS the
+            # stream's stats are per type, not per secret: not published.)
+            if (src.api is None and not src.path) or len(names) != 1:
+                continue
+            (name,) = names
+            key = f"sds:{name}"
+            st = self.client.stats(SECRET, src)
+            if key not in self._blocks and st is not None:
+                self._blocks.add(key)
+                self.stats.block(st, f"sds.{name}.", COUNTERS, GAUGES)
+
+    def _follow(self, interest: bool = True) -> None:
+        """After a commit: re-derive the subscriptions (only when `interest`: what is watched
+        follows the clusters and listeners, so RDS, EDS and SDS responses leave it unchanged and
+        skip the walk over every cluster), then pause/resume CDS, start LDS, check readiness."""
         cfg = self.config
-        self.eds_sources = self._watch(ENDPOINT, cfg.eds_interest(), self.eds_sources)
-        self.rds_sources = self._watch(ROUTE, cfg.rds_interest(), self.rds_sources)
+        if interest:
+            self.eds_sources = self._watch(ENDPOINT, cfg.eds_interest(), self.eds_sources)
+            self.rds_sources = self._watch(ROUTE, cfg.rds_interest(), self.rds_sources)
+            self._watch_secrets()
+            self._start_resource_stats()
         warming = bool(cfg.warming_clusters)
         if self.dynamic.cds is not None:
             if warming and not self.cds_paused:
@@ -176,9 +260,18 @@ class XdsDriver:
         if not warming and CLUSTER in self.seen:
             self.cds_done = True
         self._maybe_start_lds()
-        if self.lds_started and (LISTENER in self.seen or self.dynamic.lds is None) and not cfg.warming_listeners:
-            self.ready.set()
+        self._check_ready()
         self._gauges()
+
+    def _check_ready(self) -> None:
+        """Envoy's init manager: CDS warm, then LDS in and warm (or timed out), and the SDS secrets
+        of static listeners and clusters (each bounded by its initial_fetch_timeout)."""
+        cfg = self.config
+        if not self.lds_started or cfg.static_secrets_pending():
+            return
+        lds_in = LISTENER in self.seen or self.dynamic.lds is None or self.lds_timed_out
+        if lds_in and (not cfg.warming_listeners or self.lds_timed_out):
+            self.ready.set()
 
     def _maybe_start_lds(self) -> None:
         if self.lds_started or not self.cds_done:
@@ -188,7 +281,7 @@ class XdsDriver:
             self.client.watch(LISTENER)
             self._publish(LISTENER)
         else:
-            self.ready.set()
+            self._check_ready()
 
     def _gauges(self) -> None:
         cfg, s = self.config, self.stats
@@ -243,13 +336,14 @@ class WorkerFeed:
         if msg[0] == "timeout":
             await self.config.timed_out(msg[1], msg[2])
             return
-        _, type_url, version, raw, removed, versions = msg
+        _, type_url, version, raw, removed, versions, ports = msg
         cls = _MESSAGES[type_url]
         updated = {n: cls.FromString(b) for n, b in raw.items()}
         prepared = self.config.prepare(type_url, version, updated, frozenset(removed), versions, bind_sockets=False)
         if not isinstance(prepared, Prepared):
             log.error("worker: relayed %s refused: %s", type_url, "; ".join(map(str, prepared)))
             return
+        prepared.ports = ports
         await self.config.commit(prepared)
 
     def stop(self) -> None:
@@ -292,3 +386,17 @@ class Relay:
         except OSError:  # the worker is gone
             buf.clear()
         self.loop.remove_writer(fd)
+
+
+def rds_stat_prefixes(config: DynamicConfig) -> dict[str, str]:
+    """RouteConfiguration name -> the stat_prefix of the first connection manager that takes it
+    from RDS (Envoy scopes one RDS subscription's stats under the HCM that made it)."""
+    out: dict[str, str] = {}
+    for lst in (*config.static_listeners, *config.listeners.values()):
+        for chain in (*lst.filter_chains, lst.default_filter_chain):
+            if chain is None:
+                continue
+            for f in chain.filters:
+                if isinstance(f, HttpConnectionManager) and f.rds_name:
+                    out.setdefault(f.rds_name, f.stat_prefix)
+    return out

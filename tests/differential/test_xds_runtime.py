@@ -19,13 +19,12 @@ pytestmark = pytest.mark.differential
 
 def dump_shape(dump: dict[str, Any]) -> dict[str, Any]:
     """The dynamic sections of /config_dump: each entry's keys (and a listener's state's keys), and
-    each dump's version_info.  (Envoy's dynamic_endpoint_configs carry only endpoint_config: left
-    out until admin/config_dump.py drops version_info and last_updated there.)"""
+    each dump's version_info."""
     out: dict[str, Any] = {}
     for c in dump["configs"]:
         kind = c["@type"].rsplit(".", 1)[-1]
         for key, value in c.items():
-            if key.startswith("dynamic") and key != "dynamic_endpoint_configs" and value:
+            if key.startswith("dynamic") and value:
                 entry = value[0]
                 states = [f"{k}.{x}" for k, v in entry.items() if k.endswith("_state") for x in v]
                 out[f"{kind}.{key}"] = sorted(entry) + sorted(states)
@@ -44,6 +43,13 @@ async def observe(env: Env) -> list[Any]:
     seen.append(("bad listener", nack.error is not None, nack.version, await env.get()))
     await env.push(ENDPOINT, [("a", cla("a", env.ups["a"].port)), ("b", cla("b", env.ups["a"].port))])
     seen.append(("eds update", await poll(env.get, (200, "a"))))
+    # Envoy keeps RDS and EDS subscription stats per resource (under the HCM and the cluster).
+    seen.append(("per-resource xDS stats", [
+        env.stat(name) for name in (
+            "http.in.rds.r1.update_success", "http.in.rds.r1.update_attempt",
+            "cluster.a.update_success", "cluster.b.update_success",
+        )
+    ]))
     assert env.stream is not None
     await env.stream.drop()
     seen.append(("control plane gone", await env.get()))

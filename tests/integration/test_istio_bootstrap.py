@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import tempfile
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,15 @@ from tests.support.istio_bootstrap import NODE_ID, PILOT_AGENT_ARGS, istio_boots
 from tests.support.ports import free_port
 from tests.support.proxy import ProxyProcess, binary
 from tests.support.upstream import Behaviour, Upstreams
+
+
+@pytest.fixture
+def pod_dir() -> Iterator[Path]:
+    """The proxy's working directory: short, because pilot-agent's Unix socket paths are relative to
+    it and AF_UNIX paths stop at 107 bytes (pytest's tmp_path under xdist gets close)."""
+    with tempfile.TemporaryDirectory(prefix="pod-", dir="/tmp") as d:
+        yield Path(d)
+
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -78,7 +89,8 @@ def _get(port: int, path: str) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("kind", ["sidecar", "envoy"])
-async def test_runs_like_under_pilot_agent(kind: str, tmp_path: Path) -> None:
+async def test_runs_like_under_pilot_agent(kind: str, pod_dir: Path) -> None:
+    tmp_path = pod_dir
     (tmp_path / "etc/istio/proxy").mkdir(parents=True)
     fake = FakeXds()
     await fake.start(f"unix:{tmp_path}/etc/istio/proxy/XDS")

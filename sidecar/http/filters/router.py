@@ -9,19 +9,22 @@ internal request (http/edge.py) may steer retries and timeouts with Envoy's requ
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from typing import TYPE_CHECKING
 
-from sidecar.http import local_reply
+from sidecar.http import local_reply, upgrade
 from sidecar.http.codec_h1 import HOP_BY_HOP_RESPONSE, LAST_CHUNK, encode_chunk, encode_request_head
 from sidecar.http.edge import forwardable
 from sidecar.http.events import Headers, RequestHead, ResponseHead
 from sidecar.http.filters.base import STOP, PassThrough
 from sidecar.http.filters.router_retry import _EXPECTED, RetryAttempts, _Extra
 from sidecar.http.filters.shadow import ShadowRequest, shadow_authority
+from sidecar.http.grpc_timeouts import global_timeout_ms, grpc_content_type, grpc_timeouts
 from sidecar.http.header_mutation import apply_request_mutations, apply_response_mutations
-from sidecar.http.timeouts import Deadline
+from sidecar.http.timeouts import Deadline, expected_timeout_ms, format_grpc_timeout
+from sidecar.http.timeouts import ms as to_ms
 from sidecar.model.retry import RetryPolicy
 from sidecar.model.route import (
     ClusterWeight,
@@ -39,10 +42,19 @@ if TYPE_CHECKING:
     from sidecar.http.conn_manager import Stream
     from sidecar.http.protocol import Http1ServerConnection
     from sidecar.upstream.cluster_manager import ClusterState, Host
-    from sidecar.upstream.pools.http1 import Http1UpstreamConnection
+    from sidecar.upstream.pools.http1 import Http1Pool, Http1UpstreamConnection
 
 _monotonic = time.monotonic
 _getrandbits = random.getrandbits
+
+
+def _grpc_timeout(head: RequestHead) -> bytes | None:
+    """The grpc-timeout header; repeated, its values joined with ',' (as Envoy reads it)."""
+    raw = None
+    for k, v in head.headers:
+        if k == b"grpc-timeout":
+            raw = v if raw is None else raw + b"," + v
+    return raw
 
 
 class Router(RetryAttempts, PassThrough):
@@ -121,6 +133,47 @@ class Router(RetryAttempts, PassThrough):
         self.weight: ClusterWeight | None = None
 
     # -- request ------------------------------------------------------------------------------------
+    def _grpc_timeouts(self, action: RouteAction, head: RequestHead) -> bool:
+        """RouteAction.max_grpc_timeout (http/grpc_timeouts.py): for a gRPC request, the global and
+        per-try timeouts from its grpc-timeout header, announced in x-envoy-expected-rq-timeout-ms
+        and grpc-timeout.  False (nothing done) for any other request."""
+        ct = head.get(b"content-type")
+        if ct is None or not grpc_content_type(ct):
+            return False
+        raw = _grpc_timeout(head)
+        retry = action.retry_policy
+        per_try_cfg = retry.per_try_timeout if retry is not None else 0.0
+        assert action.max_grpc_timeout is not None  # grpc_timeouts says so
+        global_ms, per_try_ms, announce = grpc_timeouts(
+            action.max_grpc_timeout, action.grpc_timeout_offset, per_try_cfg, raw
+        )
+        self.timeout = global_ms / 1000
+        per_try_idle = retry.per_try_idle_timeout if retry is not None else 0.0
+        self.tries = (per_try_ms / 1000, per_try_idle) if per_try_ms or per_try_idle else None
+        if announce is not None:
+            head.headers.append((_EXPECTED, b"%d" % (per_try_ms or global_ms)))
+            head.set(b"grpc-timeout", announce)
+        return True
+
+    def _steer_grpc(
+        self, head: RequestHead, action: RouteAction, retry: RetryPolicy | None, respect_expected: bool
+    ) -> RetryPolicy | None:
+        """An internal gRPC request on a max_grpc_timeout route: its grpc-timeout is the base that its
+        x-envoy-* timeout headers may override (finalTimeout's order), and grpc-timeout announces
+        what the attempt is expected to take (setTimeoutHeaders)."""
+        ct = head.get(b"content-type")
+        if ct is None or not grpc_content_type(ct):
+            return self._steer(head, action, retry, respect_expected)
+        assert action.max_grpc_timeout is not None
+        base = global_timeout_ms(action.max_grpc_timeout, action.grpc_timeout_offset, _grpc_timeout(head))
+        retry = self._steer(head, dataclasses.replace(action, timeout=base / 1000), retry, respect_expected)
+        per_try = self.tries[0] if self.tries is not None else 0.0
+        extra: _Extra | None = getattr(self, "extra", None)
+        expected = expected_timeout_ms(to_ms(self.timeout), to_ms(per_try), 0, extra is not None and extra.hedging)
+        if expected:
+            head.set(b"grpc-timeout", format_grpc_timeout(expected))
+        return retry
+
     def on_request_head(self, stream: Stream, head: RequestHead, end: bool) -> int:
         self.stream = stream
         self.downstream = stream.conn
@@ -200,7 +253,12 @@ class Router(RetryAttempts, PassThrough):
         if rt.trust is not None and getattr(stream, "internal", False):
             # An internal request: its x-envoy-* headers steer this router (before the route's
             # header mutations, as Envoy's finalTimeout runs before finalizeRequestHeaders).
-            retry = self._steer(head, action, retry, rt.respect_expected)
+            if action.grpc_timeouts:
+                retry = self._steer_grpc(head, action, retry, rt.respect_expected)
+            else:
+                retry = self._steer(head, action, retry, rt.respect_expected)
+        elif action.grpc_timeouts and self._grpc_timeouts(action, head):
+            pass  # max_grpc_timeout on a gRPC request: its grpc-timeout sets the timeouts
         else:
             self.timeout = action.upstream_timeout
             self.tries = action.try_timers
@@ -211,6 +269,10 @@ class Router(RetryAttempts, PassThrough):
         if rt.has_mutations:
             apply_request_mutations(head, stream, cw)
         out, chunked = forwardable(head.headers)
+        if stream.upgrade is not None:
+            # An upgrade (http/upgrade.py): Connection/Upgrade go upstream verbatim; no retries.
+            out = upgrade.request_headers(head.headers, out)
+            retry = None
         if chunked:
             out = [*out, (b"transfer-encoding", b"chunked")]
             self.body_chunked = True
@@ -245,8 +307,17 @@ class Router(RetryAttempts, PassThrough):
         self.counted_active = True
         if end:
             self._request_complete()
-        host.pool.acquire(self)
+        self.pool_of(host).acquire(self)
         return STOP
+
+    def pool_of(self, host: Host) -> Http1Pool:
+        """The host's pool, or its pool for istio.alpn's upstream ALPN (model.istio.AlpnOverride;
+        None on every connection manager without the filter: one attribute test)."""
+        stream = self.stream
+        alpn = stream.rt.cfg.upstream_alpn if stream is not None else None
+        if alpn is None or not host.cluster.config.istio_alpn_override:
+            return host.pool
+        return host.pool_for(alpn.http10 if stream.head.version == b"1.0" else alpn.http11)  # type: ignore[union-attr]
 
     def _choose_shadows(self, action: RouteAction, head: RequestHead, out: Headers) -> None:
         """Which mirror policies this request hits (runtime_fraction), each with its shadow head."""
@@ -480,6 +551,13 @@ class Router(RetryAttempts, PassThrough):
             # (a per-try timeout does nothing once the response started; per_try_idle runs on)
             self.per_try.cancel()
             self.per_try = None
+        if stream.upgrade is not None:
+            # No x-envoy-upstream-service-time: the request is not complete (Envoy sets it after).
+            kept = upgrade.response_headers(status, headers)
+            if stream.rt.has_mutations:
+                apply_response_mutations(kept, stream, self.weight)
+            stream.send_head(status, kept, False)
+            return
         ms = b"%d" % int((_monotonic() - self.sent_at) * 1000)
         if self.hash_key is not None:
             extra: _Extra | None = getattr(self, "extra", None)
@@ -598,8 +676,10 @@ class Router(RetryAttempts, PassThrough):
             if self.retry_slot:
                 cluster.breaker.retries -= 1
                 self.retry_slot = False
-        if self.conn is None and self.host is not None and self.host.pool.waiting:
-            self.host.pool.cancel_wait(self)
+        if self.conn is None and self.host is not None:
+            pool = self.pool_of(self.host)
+            if pool.waiting:
+                pool.cancel_wait(self)
         if cluster is not None and self.host is not None and self.counted_active:
             cluster.stats.upstream_rq_active -= 1
             self.host.rq_active -= 1

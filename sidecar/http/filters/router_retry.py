@@ -254,7 +254,7 @@ class RetryAttempts:
         host.rq_total += 1
         host.rq_active += 1
         self.counted_active = True
-        host.pool.acquire(self)  # type: ignore[arg-type]  # a Router (UpstreamHandler)
+        self.pool_of(host).acquire(self)  # type: ignore[attr-defined]  # a Router (UpstreamHandler)
 
 
     def _arm_tries(self) -> None:

@@ -12,7 +12,7 @@ import errno
 import logging
 import ssl
 from collections import deque
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import httptools
 
@@ -23,6 +23,10 @@ from sidecar.upstream.original_dst import source_address
 
 if TYPE_CHECKING:
     from sidecar.upstream.cluster_manager import Host
+
+
+# The waiting queue of every pool until a request has to wait (never appended to: see acquire).
+_NO_WAITERS: deque[Any] = deque()
 
 
 class Corkable(Protocol):
@@ -126,6 +130,11 @@ class Http1UpstreamConnection(asyncio.Protocol):
         down.cork()
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            # A 101 to an upgrade request (http/upgrade.py): from here on the bytes are relayed raw.
+            tunnel = self.parser = Tunnel(self)  # type: ignore[assignment]
+            offset = exc.args[0] if exc.args else len(data)
+            tunnel.feed_data(data[offset:])
         except httptools.HttpParserError:
             h = self.handler
             self.handler = None
@@ -216,6 +225,22 @@ class Http1UpstreamConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
 
+class Tunnel:
+    """Stands in for the response parser of an upgraded connection (a 101): every byte read is
+    upgraded-protocol payload for the handler; the connection is never reused (its close ends the
+    response: connection_lost sees a response without a length)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: Http1UpstreamConnection) -> None:
+        self.conn = conn
+
+    def feed_data(self, data: bytes) -> None:
+        h = self.conn.handler
+        if h is not None and data:
+            h.on_upstream_body(data)
+
+
 def _connect_failure_reason(exc: BaseException) -> bytes:
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return local_reply.RESET_CONNECTION_FAILURE
@@ -228,6 +253,7 @@ class Http1Pool:
     """Idle keep-alive connections to one host, and the connects under way."""
 
     __slots__ = (
+        "alpn",
         "breaker",
         "buffer_limit",
         "connect_timeout",
@@ -240,8 +266,9 @@ class Http1Pool:
         "waiting",
     )
 
-    def __init__(self, host: Host, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, host: Host, loop: asyncio.AbstractEventLoop, alpn: tuple[str, ...] = ()) -> None:
         self.host = host
+        self.alpn = alpn  # the upstream TLS ALPN override of this pool (istio.alpn); () = the cluster's
         cluster = host.cluster
         cfg = cluster.config
         self.loop = loop
@@ -252,8 +279,9 @@ class Http1Pool:
         self.buffer_limit = cfg.per_connection_buffer_limit_bytes
         self.cstats = cluster.stats
         self.breaker = cluster.breaker
-        # Requests waiting for a connection (max_connections reached), oldest first.
-        self.waiting: deque[UpstreamHandler] = deque()
+        # Requests waiting for a connection (max_connections reached), oldest first.  Shared empty
+        # until one waits (an empty deque is 600 bytes, per host).
+        self.waiting: deque[UpstreamHandler] = _NO_WAITERS
 
     def acquire(self, handler: UpstreamHandler) -> None:
         """Bind `handler` to a connection: at once if one is idle, else when a connect completes
@@ -276,6 +304,8 @@ class Http1Pool:
         self.cstats.upstream_cx_overflow += 1
         if breaker.pending < breaker.limits.max_pending_requests:
             breaker.pending += 1
+            if self.waiting is _NO_WAITERS:
+                self.waiting = deque()
             self.waiting.append(handler)
             return
         self.cstats.upstream_rq_pending_overflow += 1
@@ -313,7 +343,7 @@ class Http1Pool:
         tls = None
         try:
             # The cluster's transport_socket (or its transport_socket_matches entry for this host).
-            tls = upstream_tls(self.host, self.loop)
+            tls = upstream_tls(self.host, self.loop, self.alpn)
             ctx = tls.ssl_context if tls is not None else None
             sni = tls.server_hostname if tls is not None else None
             if addr.pipe:

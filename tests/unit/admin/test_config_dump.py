@@ -166,7 +166,10 @@ def test_dynamic_sections() -> None:
         "load_balancing_weight": 3,
     }
     assert first["policy"] == {"overprovisioning_factor": 140}
-    assert eds["dynamic_endpoint_configs"][0]["version_info"] == "E1"
+    # Envoy: one entry per active CDS cluster, endpoint_config only (built from its hosts).
+    (dyn,) = eds["dynamic_endpoint_configs"]
+    assert list(dyn) == ["endpoint_config"]
+    assert dyn["endpoint_config"]["cluster_name"] == "outbound|80||eds.example"
 
 
 def test_resource_mask_and_name_regex() -> None:

@@ -280,21 +280,33 @@ def test_unknown_static_secrets_refused_like_envoy(ca: TestCA) -> None:
     assert e.value.reason == "Unknown static certificate validation context: ROOTCA"
 
 
-def test_sds_over_xds_is_refused_for_now() -> None:
-    data: dict[str, Any] = {
-        "name": "c",
-        "transport_socket": {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                "common_tls_context": {
-                    "tls_certificate_sds_secret_configs": [{"name": "default", "sds_config": {"ads": {}}}]
-                },
-            },
+def test_sds_over_xds_is_translated() -> None:
+    from sidecar.model.secret import SdsSourceKind
+
+    tls: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {
+            "tls_certificate_sds_secret_configs": [{"name": "default", "sds_config": {"ads": {}}}]
         },
     }
+    data: dict[str, Any] = {
+        "name": "c",
+        "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
+    }
+    cfg = translate_cluster(_cluster_pb(data), "c")
+    assert cfg.transport_socket is not None
+    (ref,) = cfg.transport_socket.common.tls_certificate_sds
+    assert ref.name == "default" and ref.source.kind is SdsSourceKind.ADS
+    ref_json = tls["common_tls_context"]["tls_certificate_sds_secret_configs"][0]
+    ref_json["sds_config"] = {"path_config_source": {"path": "/tmp/sds.yaml"}}
+    cfg = translate_cluster(_cluster_pb(data), "c")
+    assert cfg.transport_socket is not None
+    (ref,) = cfg.transport_socket.common.tls_certificate_sds
+    assert (ref.source.kind, ref.source.path) == (SdsSourceKind.PATH, "/tmp/sds.yaml")
+    ref_json["sds_config"] = {"path_config_source": {"path": "/tmp/sds.yaml", "watched_directory": {"path": "/tmp"}}}
     with pytest.raises(ConfigError) as e:
         translate_cluster(_cluster_pb(data), "c")
     assert e.value.path == (
-        "c.transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs[0].sds_config"
+        "c.transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs[0]"
+        ".sds_config.path_config_source.watched_directory"
     )

@@ -291,14 +291,14 @@ def test_nameless_listener_gets_a_stable_uuid() -> None:
 
 
 def with_unknown_http_filter(optional: bool) -> listener_pb2.Listener:
-    """A listener whose HCM starts with an Istio-private filter type (as xDS delivers it, in binary:
-    JSON could not even name a type this build does not know)."""
+    """A listener whose HCM starts with a filter type this build does not know and that is not
+    Istio's (Istio's are skipped: tests/unit/test_istio_config.py), as xDS delivers it, in binary."""
     pb = listener_pb(listener())
     any_hcm = pb.filter_chains[0].filters[0].typed_config
     h = hcm_pb2.HttpConnectionManager()
     any_hcm.Unpack(h)
-    stats = h.http_filters.add(name="istio.stats", is_optional=optional)
-    stats.typed_config.type_url = "type.googleapis.com/stats.PluginConfig"
+    stats = h.http_filters.add(name="acme.stats", is_optional=optional)
+    stats.typed_config.type_url = "type.googleapis.com/acme.stats.PluginConfig"
     stats.typed_config.value = b"\x0a\x00"
     h.http_filters.insert(0, stats)
     del h.http_filters[-1]
@@ -316,7 +316,7 @@ def test_unknown_http_filter_type_is_refused_with_its_url() -> None:
     with pytest.raises(ConfigError) as e:
         translate_listener(with_unknown_http_filter(optional=False), P)
     assert e.value.path == f"{F}.http_filters[0].typed_config"
-    assert e.value.reason == "unknown type URL 'type.googleapis.com/stats.PluginConfig'"
+    assert e.value.reason == "unknown type URL 'type.googleapis.com/acme.stats.PluginConfig'"
 
 
 def test_route_clusters_are_validated_against_known_clusters() -> None:
@@ -421,7 +421,11 @@ TP = f"{P}.filter_chains[0].filters[0]"
             f"{P}.filter_chains[0].transport_socket.typed_config.common_tls_context",
             "No TLS certificates found for server context",
         ),
-        (listener(access_log=[{"name": "x"}]), f"{P}.access_log", "field is not supported by sidecar yet"),
+        (
+            listener(access_log=[{"name": "x"}]),
+            f"{P}.access_log[0].typed_config",
+            "Didn't find a registered implementation for 'x'",
+        ),
         (listener(enable_mptcp=True), f"{P}.enable_mptcp", "field is not supported by sidecar yet"),
         (
             listener({"@type": "type.googleapis.com/envoy.extensions.filters.network.echo.v3.Echo"}),
@@ -444,9 +448,10 @@ TP = f"{P}.filter_chains[0].filters[0]"
             "value length must be at least 1 characters",
         ),
         (
+            # (access logs are translated by translate/access_log.py: one without a logger is refused)
             listener({"@type": TCP_TYPE, "stat_prefix": "t", "cluster": "c", "access_log": [{"name": "x"}]}),
-            f"{TP}.typed_config.access_log",
-            "field is not supported by sidecar yet",
+            f"{TP}.typed_config.access_log[0].typed_config",
+            "Didn't find a registered implementation for 'x'",
         ),
         (
             listener(
@@ -483,14 +488,18 @@ TP = f"{P}.filter_chains[0].filters[0]"
         ),
         (
             listener(hcm(access_log=[{"name": "envoy.access_loggers.stdout"}])),
-            f"{F}.access_log",
-            "field is not supported by sidecar yet",
+            f"{F}.access_log[0].typed_config",
+            "Didn't find a registered implementation for 'envoy.access_loggers.stdout'",
         ),
-        (listener(hcm(tracing={})), f"{F}.tracing", "field is not supported by sidecar yet"),
         (
-            listener(hcm(upgrade_configs=[{"upgrade_type": "websocket"}])),
-            f"{F}.upgrade_configs",
-            "field is not supported by sidecar yet",
+            listener(hcm(tracing={"random_sampling": {"value": 101}})),
+            f"{F}.tracing.random_sampling.value",
+            "value must be inside range [0, 100]",
+        ),
+        (
+            listener(hcm(upgrade_configs=[{"upgrade_type": "CONNECT"}])),
+            f"{F}.upgrade_configs[0].upgrade_type",
+            "CONNECT is not supported by sidecar yet",
         ),
         (
             listener(hcm(path_with_escaped_slashes_action="UNESCAPE_AND_REDIRECT")),
@@ -507,9 +516,9 @@ TP = f"{P}.filter_chains[0].filters[0]"
                 hcm(
                     http_filters=[
                         {
-                            "name": "cors",
+                            "name": "grpc_web",
                             "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"
                             },
                         },
                         ROUTER,
@@ -517,7 +526,8 @@ TP = f"{P}.filter_chains[0].filters[0]"
                 )
             ),
             f"{F}.http_filters[0].typed_config",
-            "http filter 'cors' of type 'envoy.extensions.filters.http.cors.v3.Cors' is not supported by sidecar yet",
+            "http filter 'grpc_web' of type 'envoy.extensions.filters.http.grpc_web.v3.GrpcWeb' "
+            "is not supported by sidecar yet",
         ),
         (
             listener(hcm(http_filters=[ROUTER, ROUTER])),

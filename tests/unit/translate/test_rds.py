@@ -513,7 +513,7 @@ REFUSALS = [
         f"{R}.route.retry_policy.retry_priority",
         "not supported",
     ),
-    (one_route({"decorator": {"operation": "op"}}), f"{R}.decorator", "not supported"),
+    (one_route({"tracing": {"client_sampling": {"numerator": 1}}}), f"{R}.tracing", "not supported"),
     (
         one_route({"match": {"prefix": "/", "runtime_fraction": {"default_value": {"numerator": 1}}}}),
         f"{R}.match.runtime_fraction",

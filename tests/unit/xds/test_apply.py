@@ -1,5 +1,5 @@
 """DynamicConfig (sidecar/xds/apply.py) with a recording cluster manager and listener manager:
-all-or-nothing prepare, EDS warming and its initial fetch timeout, endpoint-only updates keeping the
+per-resource CDS acceptance, EDS warming and its initial fetch timeout, endpoint-only updates keeping the
 ClusterState, listeners warming until their routes arrive, removal."""
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class FakeLm:
 
 def make() -> tuple[DynamicConfig, FakeCm, FakeLm]:
     cm, lm = FakeCm(), FakeLm()
-    return DynamicConfig({}, (), cm, lm, bind=lambda lst: None, drain_time=0.0), cm, lm
+    return DynamicConfig({}, (), cm, lm, bind=lambda lst, port=None: None, drain_time=0.0), cm, lm
 
 
 async def apply(dc: DynamicConfig, type_url: str, resources: dict[str, Any], removed: frozenset[str] = frozenset()) -> Any:
@@ -125,12 +125,14 @@ async def test_initial_fetch_timeout_ends_warming() -> None:
     assert dc.warming_clusters == set()
 
 
-async def test_a_bad_resource_rejects_the_whole_response() -> None:
-    dc, cm, _ = make()
+async def test_a_bad_cluster_is_refused_alone() -> None:
+    # Envoy's CdsApiHelper: the valid clusters of a response are added, the bad ones NACK it.
+    dc, _, _ = make()
     bad = cluster_pb2.Cluster(name="bad", type=cluster_pb2.Cluster.EDS)  # no eds_cluster_config
     got = await apply(dc, CLUSTER, {"good": eds("good"), "bad": bad})
-    assert got == [Rejected("bad", "eds_cluster_config.eds_config", "value is required")]
-    assert dc.clusters == {} and cm.updates == 0 and dc.accepted[CLUSTER] == {}
+    assert isinstance(got, Prepared)
+    assert got.rejected == [Rejected("bad", "eds_cluster_config.eds_config", "value is required")]
+    assert set(dc.clusters) == {"good"} and set(dc.accepted[CLUSTER]) == {"good"}
 
 
 async def test_listener_warms_until_its_route_then_replaces_and_removes() -> None:
