@@ -33,7 +33,7 @@ from sidecar.model.listener import (
 )
 from sidecar.model.route import Route, RouteAction, VirtualHost
 from sidecar.observe import access_log_emit
-from sidecar.observe.stats import Stats
+from sidecar.observe.stats import Stats, shared_block
 
 if TYPE_CHECKING:
     from sidecar.http.protocol import Http1ServerConnection
@@ -217,7 +217,8 @@ class HcmRuntime:
         self.access_logs = access_log_emit.build(getattr(cfg, "access_log", ()))
         self.route_config = cfg.route_config
         self.table = cfg.route_config.table
-        self.stats = HcmStats(stats, cfg.stat_prefix)
+        # One HcmStats per stat_prefix, shared by every chain that names it (Envoy's stats are by name).
+        self.stats = shared_block(stats, f"http.{cfg.stat_prefix}.", lambda: HcmStats(stats, cfg.stat_prefix))
         self.server = cfg.server_name.encode()
         self.server_mode = cfg.server_header_transformation
         self.max_header_bytes = cfg.max_request_headers_kb * 1024

@@ -26,7 +26,7 @@ from sidecar.model.istio import MetadataExchange
 from sidecar.model.listener import TcpProxy
 from sidecar.model.route import ClusterWeight
 from sidecar.observe import access_log_emit
-from sidecar.observe.stats import Stats
+from sidecar.observe.stats import Stats, shared_block
 from sidecar.routing import weighted
 from sidecar.tls.wiring import log as tls_log
 from sidecar.tls.wiring import upstream_tls
@@ -93,7 +93,7 @@ class TcpProxyRuntime:
     ) -> None:
         self.cfg = cfg
         self.cluster_manager = cm
-        self.stats = TcpProxyStats(stats, cfg.stat_prefix)
+        self.stats = shared_block(stats, f"tcp.{cfg.stat_prefix}.", lambda: TcpProxyStats(stats, cfg.stat_prefix))
         self.loop = loop
         self.buffer_limit = buffer_limit
         self.weights = tuple(ClusterWeight(w.name, w.weight) for w in cfg.weighted_clusters)
@@ -144,7 +144,10 @@ class _Upstream(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.down.upstream_eof()
-        return True
+        # Keep the write side open (half-close) on plain TCP.  A TLS transport cannot half-close:
+        # asyncio closes it anyway and warns when asked to keep it.
+        t = self.transport
+        return t is None or t.get_extra_info("ssl_object") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.down.upstream_lost()
@@ -357,7 +360,8 @@ class TcpProxyConnection(asyncio.Protocol):
         if self.up_eof:
             self.close()
             return False
-        return True
+        t = self.transport
+        return t is None or t.get_extra_info("ssl_object") is None  # TLS cannot half-close (see above)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

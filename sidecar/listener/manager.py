@@ -331,7 +331,7 @@ class ListenerManager:
         """The listener is gone: stop flushing its stat blocks (their last values stay; a
         replacement with the same stat prefix took them over when it registered)."""
         for obj in al.owners:
-            self.stats.forget(obj)
+            self.stats.release(obj)
         al.owners.clear()
 
     def set_route_configs(self, configs: dict[str, RouteConfiguration], changed: Iterable[str]) -> None:

@@ -28,13 +28,14 @@ from __future__ import annotations
 import mmap
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import xxhash
 
 _SLOT = 8
 
 
+T = TypeVar("T")
 _KIND_CODES = {"counter": ord("c"), "gauge": ord("g")}
 _KIND_NAMES = {code: name for name, code in _KIND_CODES.items()}
 
@@ -152,6 +153,9 @@ class Stats:
         # Plain-int stat blocks by id(object) (the entry holds the object, so the id stays unique);
         # `_hot` the ones the next flush walks; hooks with no owner run at every flush.
         self._entries: dict[int, _Block] = {}
+        # shared(): stat-block objects by scope, with their reference counts; and scope by id(obj).
+        self._shared: dict[str, list[Any]] = {}
+        self._shared_ids: dict[int, str] = {}
         self._hot: dict[int, _Block] = {}
         self._hooks: list[Callable[[memoryview], None]] = []
         self._cold_classes: dict[tuple[type, frozenset[str]], type] = {}
@@ -281,6 +285,34 @@ class Stats:
         for fn in self._hooks:
             fn(row)
 
+    def shared(self, scope: str, make: Callable[[], T]) -> T:
+        """The stat-block object of `scope` ("http.<stat_prefix>.", "tcp.<stat_prefix>."), made by
+        `make` on first use and shared by every user until each has `release`d it.  Envoy's stats
+        are shared by name: two filter chains whose connection managers have one stat_prefix (Istio's
+        TLS and plaintext chains of a port) count into the same counters.  Two blocks on the same
+        slots would overwrite each other at every flush instead of adding up."""
+        entry = self._shared.get(scope)
+        if entry is not None:
+            entry[1] += 1
+            return cast(T, entry[0])
+        obj = make()
+        self._shared[scope] = [obj, 1]
+        self._shared_ids[id(obj)] = scope
+        return obj
+
+    def release(self, obj: object) -> None:
+        """A user of `obj` is gone: `forget` it once no user is left (a block not made by `shared`
+        is forgotten at once)."""
+        scope = self._shared_ids.get(id(obj))
+        if scope is not None:
+            entry = self._shared[scope]
+            entry[1] -= 1
+            if entry[1] > 0:
+                return
+            del self._shared[scope]
+            del self._shared_ids[id(obj)]
+        self.forget(obj)
+
     def forget(self, obj: object) -> None:
         """Stop flushing `obj` (its config went away); its last values stay in the row."""
         b = self._entries.pop(id(obj), None)
@@ -350,3 +382,10 @@ class Stats:
     def used(self, name: str) -> bool:
         """Envoy's `usedonly`: a counter that was ever incremented / a gauge ever set."""
         return self._sum(name) != 0
+
+
+def shared_block(stats: Any, scope: str, make: Callable[[], T]) -> T:
+    """`stats.shared(scope, make)`, or a fresh `make()` for a stand-in registry without sharing
+    (the throwaway runtimes of tests and of an RDS swap)."""
+    fn = getattr(stats, "shared", None)
+    return make() if fn is None else cast(T, fn(scope, make))

@@ -14,7 +14,7 @@ from sidecar.http.filters.rbac import RBAC_TYPE_URL, RbacRuntime, rbac_factory
 from sidecar.http.filters.router import Router
 from sidecar.model.listener import HttpConnectionManager, HttpFilterConfig
 from sidecar.model.rbac import HttpRbac
-from sidecar.observe.stats import Stats
+from sidecar.observe.stats import Stats, shared_block
 from sidecar.rbac.stats import RbacStats
 
 ROUTER_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -30,7 +30,8 @@ def _router(f: HttpFilterConfig, hcm: HttpConnectionManager, stats: Stats) -> Fi
 def _fault(f: HttpFilterConfig, hcm: HttpConnectionManager, stats: Stats) -> FilterFactory:
     settings = f.config if isinstance(f.config, FaultSettings) else FaultSettings()
     # Envoy's fault stats live under the connection manager's prefix: http.<stat_prefix>.fault.*
-    fs = FaultStats(stats, f"http.{hcm.stat_prefix}.fault.")
+    scope = f"http.{hcm.stat_prefix}.fault."
+    fs = shared_block(stats, scope, lambda: FaultStats(stats, scope))
     return fault_factory(FaultRuntime(f.name, settings, fs))
 
 
