@@ -216,6 +216,7 @@ class Server:
         await cm.initialize()
         lm = self.listeners = ListenerManager(loop, cm, self._stats)
         lm.local_node = self._snapshot.node
+        lm.default_zipkin = self._snapshot.zipkin
         # bind_to_port: false listeners have no socket; they are registered for hand-off.
         await lm.start(sockets, unbound=[lst for lst in self._snapshot.listeners if not lst.bind_to_port])
         feed = await self._start_dynamic(worker, cm, lm)

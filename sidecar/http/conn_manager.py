@@ -11,10 +11,11 @@ requests (HTTP 200, grpc-status, grpc-message) as Envoy's sendLocalReply does.""
 
 from __future__ import annotations
 
+import functools
 import random
 from typing import TYPE_CHECKING, Any
 
-from sidecar.http import date, local_reply, trace_reason, upgrade
+from sidecar.http import b3, date, local_reply, trace_reason, upgrade
 from sidecar.http.codec_h1 import HOP_BY_HOP_RESPONSE, LAST_CHUNK, encode_chunk, encode_response_head
 from sidecar.http.edge import (
     InternalAddresses,
@@ -67,6 +68,7 @@ def _is_grpc(head: RequestHead) -> bool:
     return ct is not None and _grpc_content_type(ct)
 
 
+_rand64 = functools.partial(random.getrandbits, 64)  # Zipkin ids (http/b3.py)
 _PCT_SAFE = frozenset(range(0x20, 0x7F)) - {ord("%")}
 
 
@@ -175,6 +177,7 @@ class HcmRuntime:
         "buffer_limit",
         "cfg",
         "cluster_manager",
+        "default_zipkin",
         "filter_factories",
         "has_mutations",
         "hcm_duration_ms",
@@ -213,6 +216,9 @@ class HcmRuntime:
         self.cfg = cfg
         self.cluster_manager = cluster_manager
         self.loop = loop
+        # The bootstrap's tracing.http Zipkin provider (model.tracing.Zipkin), for traced connection
+        # managers without a provider of their own; set by the ListenerManager.
+        self.default_zipkin: Any = None
         # HttpConnectionManager.access_log (None when there are none: streams then keep no log state).
         self.access_logs = access_log_emit.build(getattr(cfg, "access_log", ()))
         self.route_config = cfg.route_config
@@ -420,9 +426,9 @@ class Stream:
 
     def _trace_reason(self, head: RequestHead, tracing: Tracing) -> None:
         """HCM tracing: the x-request-id trace reason (http/trace_reason.py), after route selection
-        as Envoy's mutateTracingRequestHeader; no tracer runs (no span, no x-b3-* headers)."""
+        as Envoy's mutateTracingRequestHeader; with a Zipkin provider, the B3 headers (no span reported)."""
         rid = self.request_id
-        new = trace_reason.decide(
+        new, traced = trace_reason.decide_traced(
             rid,
             head.get(b"x-client-trace-id") is not None,
             head.get(b"x-envoy-force-trace") is not None,
@@ -433,6 +439,13 @@ class Stream:
         if new is not rid:
             head.set(b"x-request-id", new)
             self.request_id = new
+        zipkin = tracing.zipkin
+        if zipkin is None and not tracing.provider:
+            zipkin = self.rt.default_zipkin  # the bootstrap's tracing.http (Envoy's default provider)
+        if zipkin is not None:  # Zipkin provider: B3 context upstream (http/b3.py), no span reported
+            for name, value in b3.propagate(head.get, traced, tracing.egress,
+                                            zipkin.shared_span_context, zipkin.trace_id_128bit, _rand64):
+                head.set(name, value)
         route = self.route
         self.trace_op = trace_reason.decorate(head, tracing, route.decorator_operation if route else "",
                                               route is not None and route.decorator_propagate)

@@ -5,8 +5,8 @@ setTraceReason, char 14, the UUID version nibble), and Route.decorator's
 x-envoy-decorator-operation (ActiveStream::traceRequest / encodeHeaders).
 
 Pure: functions of the request id, headers and config (the connection manager calls them only when
-tracing is configured).  sidecar has no tracer: no span is made or reported and no trace context
-header (x-b3-*, traceparent) is added (translate/tracing.py logs that once).
+tracing is configured).  No span is made or reported (translate/tracing.py logs that once); with a
+Zipkin provider the B3 headers follow `traced` (http/b3.py).
 
 Observed with Envoy 1.40 (tests/differential/test_tracing.py): with HCM tracing and no provider,
 `x-client-trace-id` makes char 14 `b` (client_sampling 100%), an id whose first 8 hex digits mod
@@ -51,9 +51,23 @@ def decide(
     `client_trace_id`: the request carries x-client-trace-id; `force_trace`: it carries
     x-envoy-force-trace after the edge's sanitising (an internal request); `rand` in [0, 1): the
     random draw client_sampling below 100% and sampling without the request id use."""
+    return decide_traced(request_id, client_trace_id, force_trace, tracing, rid, rand)[0]
+
+
+def decide_traced(
+    request_id: bytes,
+    client_trace_id: bool,
+    force_trace: bool,
+    tracing: Tracing,
+    rid: RequestIdExtension,
+    rand: float,
+) -> tuple[bytes, bool]:
+    """decide(), with the decision a tracer gets (traced: a sampled / forced / client reason).
+    Observed: the decision holds with pack_trace_reason false (the id then unchanged), and a
+    missing or corrupted id is not traced."""
     head = request_id[:8]
     if len(head) < 8 or head.strip(_HEX):
-        return request_id  # a missing or corrupted id: Envoy skips the decision
+        return request_id, False  # a missing or corrupted id: Envoy skips the decision
     value = int(head, 16)
     result = value % 10000 if rid.use_request_id_for_trace_sampling else int(rand * 10000)
     uuid = len(request_id) == _UUID_LENGTH
@@ -68,9 +82,10 @@ def decide(
             write = SAMPLED
     if result >= _ten_thousandths(tracing.overall_sampling):
         write = NO_TRACE
+    traced = (write or current) in _MARKED
     if not write or not uuid or not rid.pack_trace_reason or write == current:
-        return request_id
-    return request_id[:_POSITION] + bytes((write,)) + request_id[_POSITION + 1 :]
+        return request_id, traced
+    return request_id[:_POSITION] + bytes((write,)) + request_id[_POSITION + 1 :], traced
 
 
 DECORATOR = b"x-envoy-decorator-operation"

@@ -166,6 +166,10 @@ class ListenerManager:
         self.stats = stats
         # The bootstrap's node (runtime.py sets it): what Istio's metadata exchange tells peers.
         self.local_node: Node | None = None
+        # Bootstrap tracing.http (model.tracing.Zipkin): the default provider of traced connection
+        # managers (kept here, not written into the listener configs, whose chains chain_match
+        # compiled by identity).
+        self.default_zipkin: Any = None
         self.active: list[ActiveListener] = []
         self.draining = False
         self.timeouts = Timeouts(loop)  # route timeouts of every HTTP listener of this worker
@@ -200,6 +204,7 @@ class ListenerManager:
                 terminal = terminal if rc is None else dataclasses.replace(terminal, route_config=rc)
             factories = filter_factories(terminal, self.stats)  # http_filters, router last
             rt = HcmRuntime(terminal, self.cm, self.stats, self.loop, factories, limit, self.timeouts)
+            rt.default_zipkin = self.default_zipkin
             if terminal.rds_name and hcms is not None:
                 hcms.append(rt)
             if owners is not None:

@@ -9,6 +9,7 @@ from sidecar.model.cluster import Cluster
 from sidecar.model.endpoint import SocketAddress
 from sidecar.model.listener import Listener
 from sidecar.model.secret import Secret
+from sidecar.model.tracing import Zipkin
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,3 +38,6 @@ class Snapshot:
     # static_resources.secrets by name: what SdsSecretConfigs without sds_config name (the
     # SecretStore of sidecar.tls.wiring holds them, next to SDS-delivered ones).
     secrets: Mapping[str, Secret] = field(default_factory=dict)
+    # Bootstrap tracing.http when it is envoy.tracers.zipkin: the provider of traced connection
+    # managers without their own (translate_bootstrap applies it to static listeners).
+    zipkin: Zipkin | None = None

@@ -1,10 +1,10 @@
 """What an HTTP connection manager is told about tracing and request ids (Envoy's
 HttpConnectionManager.tracing and request_id_extension), kept as configured.
 
-sidecar has no tracer: no span is started or reported, and no trace context header (x-b3-*,
-traceparent) is generated or changed.  What Envoy does on the wire without a provider is done
+sidecar has no tracer: no span is started or reported.  What Envoy does on the wire is done
 (http/trace_reason.py: the x-request-id trace reason and Route.decorator's
-x-envoy-decorator-operation); translate/tracing.py says once per process what is not."""
+x-envoy-decorator-operation; http/b3.py: a Zipkin provider's B3 headers); translate/tracing.py says
+once per process what is not."""
 
 from __future__ import annotations
 
@@ -19,6 +19,16 @@ class CustomTag:
     tag: str
     kind: str
     value: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Zipkin:
+    """envoy.config.trace.v3.ZipkinConfig, the part that shapes the B3 headers (http/b3.py); the
+    collector fields are kept for config dumps only (no span is reported)."""
+
+    trace_id_128bit: bool = False
+    shared_span_context: bool = True
+    collector_cluster: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +48,8 @@ class Tracing:
     # Envoy's operation name: Egress on a listener with traffic_direction OUTBOUND, else Ingress.
     # It decides which way Route.decorator's x-envoy-decorator-operation goes (http/trace_reason.py).
     egress: bool = False
+    # The Zipkin provider (inline, or the bootstrap's tracing.http): B3 headers go upstream.
+    zipkin: Zipkin | None = None
 
 
 @dataclass(frozen=True, slots=True)

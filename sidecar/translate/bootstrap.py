@@ -22,10 +22,11 @@ from google.protobuf import json_format
 from sidecar.model.cluster import Cluster
 from sidecar.model.listener import Listener
 from sidecar.model.snapshot import Admin, Node, Snapshot
+from sidecar.model.tracing import Zipkin
 
 # cds and lds import the typed configs we implement, so they are registered before any JSON is
 # parsed; other types are imported on demand by common.preload_types.
-from sidecar.translate import cds, lds
+from sidecar.translate import cds, lds, tracing
 from sidecar.translate.common import preload_types, socket_address
 from sidecar.translate.errors import ConfigError
 from sidecar.translate.fields import check_fields
@@ -45,8 +46,6 @@ _BOOTSTRAP_IGNORED = (
     "stats_eviction_interval",
     "watchdog",
     "watchdogs",
-    # Bootstrap-level tracing only names a driver; spans need HCM tracing, which lds.py refuses.
-    "tracing",
     "layered_runtime",
     "overload_manager",
     "enable_dispatcher_stats",
@@ -69,7 +68,7 @@ _BOOTSTRAP_IGNORED = (
     "grpc_async_client_manager_config",
     "memory_allocator_manager",
 )
-_BOOTSTRAP_HANDLED = ("node", "static_resources", "admin", "cluster_manager", "dynamic_resources")
+_BOOTSTRAP_HANDLED = ("node", "static_resources", "admin", "cluster_manager", "dynamic_resources", "tracing")
 
 
 # --------------------------------------------------------------------------------------- loading
@@ -198,6 +197,7 @@ def translate_bootstrap(pb: bootstrap_pb2.Bootstrap, options: NodeOptions) -> Sn
         for i, c in enumerate(sr.clusters):
             if c.type == c.EDS:
                 raise ConfigError(f"static_resources.clusters[{i}].type", "EDS clusters need dynamic_resources")
+    zipkin = _zipkin(pb)
     listeners: list[Listener] = []
     for i, lpb in enumerate(sr.listeners):
         path = f"static_resources.listeners[{i}]"
@@ -213,8 +213,22 @@ def translate_bootstrap(pb: bootstrap_pb2.Bootstrap, options: NodeOptions) -> Sn
         admin=_admin(pb),
         node=_node(pb.node, options),
         secrets=secrets,
+        zipkin=zipkin,
         bootstrap_json=json_format.MessageToDict(pb, preserving_proto_field_name=True),
     )
+
+
+def _zipkin(pb: bootstrap_pb2.Bootstrap) -> Zipkin | None:
+    """Bootstrap tracing.http (deprecated in Envoy, still what Istio sets): the default provider of
+    traced connection managers.  Only Zipkin shapes what goes upstream (http/b3.py); another
+    driver is kept as no provider (the trace reason in x-request-id is still set)."""
+    if not pb.HasField("tracing"):
+        return None
+    check_fields(pb.tracing, "tracing", handled=("http",))
+    if not pb.tracing.HasField("http"):
+        return None
+    check_fields(pb.tracing.http, "tracing.http", handled=("name", "typed_config"))
+    return tracing.translate_zipkin(pb.tracing.http.typed_config, "tracing.http.typed_config")
 
 
 def _check_bootstrap(pb: bootstrap_pb2.Bootstrap) -> None:

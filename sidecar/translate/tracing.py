@@ -1,11 +1,11 @@
 """HttpConnectionManager.tracing, request_id_extension and upgrade_configs -> model records.
 
 Tracing: sidecar has no tracer.  What Envoy 1.40 puts on the wire for a traced connection manager
-with no provider (the x-request-id trace-reason nibble, http/trace_reason.py) is done; what a
-provider adds is not: no span is started or reported, and no trace context header (Zipkin's
-x-b3-traceid / x-b3-spanid / x-b3-parentspanid / x-b3-sampled, W3C traceparent) is generated or
-changed (incoming ones pass through untouched).  That is said once per process when a config asks
-for tracing.
+is done: the x-request-id trace-reason nibble (http/trace_reason.py) and, with a Zipkin provider
+(inline, or the bootstrap's tracing.http: translate_zipkin), the B3 headers (http/b3.py).  No span
+is started or reported, and no W3C traceparent is generated or changed (ZipkinConfig's
+USE_B3_WITH_W3C_PROPAGATION is refused).  That is said once per process when a config asks for
+tracing.
 
 request_id_extension: only the uuid extension (Envoy's default); its two switches act on the
 tracing decision only (model/tracing.py).
@@ -18,13 +18,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
+from envoy.config.trace.v3 import zipkin_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.request_id.uuid.v3 import uuid_pb2
 
 from sidecar.model.listener import FilterChain, HttpConnectionManager
-from sidecar.model.tracing import CustomTag, RequestIdExtension, Tracing
+from sidecar.model.tracing import CustomTag, RequestIdExtension, Tracing, Zipkin
 from sidecar.translate.common import bool_value, type_name
 from sidecar.translate.errors import ConfigError
 from sidecar.translate.fields import check_fields, opt_uint
@@ -32,6 +34,7 @@ from sidecar.translate.fields import check_fields, opt_uint
 log = logging.getLogger("sidecar.config")
 _warned = False
 
+ZIPKIN = zipkin_pb2.ZipkinConfig.DESCRIPTOR.full_name
 UUID_REQUEST_ID = uuid_pb2.UuidRequestIdConfig.DESCRIPTOR.full_name
 _TAG_SOURCES = ("literal", "environment", "request_header", "metadata", "value")
 
@@ -41,9 +44,9 @@ def _warn_once() -> None:
     if not _warned:
         _warned = True
         log.warning(
-            "HttpConnectionManager.tracing: sidecar has no tracer; the x-request-id trace reason is "
-            "set as Envoy sets it, but no span is reported and no trace headers (x-b3-*, "
-            "traceparent) are generated or changed"
+            "HttpConnectionManager.tracing: sidecar has no tracer; the x-request-id trace reason and "
+            "(with a Zipkin provider) the x-b3-* / b3 headers are set as Envoy sets them, but no span "
+            "is reported and no traceparent is generated or changed"
         )
 
 
@@ -93,11 +96,13 @@ def translate_tracing(pb: hcm_pb2.HttpConnectionManager.Tracing, path: str) -> T
             value = source.name
         tags.append(CustomTag(tag=t.tag, kind=kind, value=value))
     provider = provider_name = ""
+    zipkin = None
     if pb.HasField("provider"):
         check_fields(pb.provider, f"{path}.provider", handled=("name", "typed_config"))
         provider_name = pb.provider.name
         if pb.provider.HasField("typed_config"):
             provider = type_name(pb.provider.typed_config.type_url)
+            zipkin = translate_zipkin(pb.provider.typed_config, f"{path}.provider.typed_config")
     return Tracing(
         client_sampling=_percent(pb, "client_sampling", path),
         random_sampling=_percent(pb, "random_sampling", path),
@@ -108,6 +113,25 @@ def translate_tracing(pb: hcm_pb2.HttpConnectionManager.Tracing, path: str) -> T
         spawn_upstream_span=bool_value(pb, "spawn_upstream_span", False),
         provider=provider,
         provider_name=provider_name,
+        zipkin=zipkin,
+    )
+
+
+def translate_zipkin(tc: Any, path: str) -> Zipkin | None:
+    """A provider's typed_config: a Zipkin record when it is ZipkinConfig (None for another
+    tracer, which sidecar does not emulate).  Only the fields shaping the B3 headers are read."""
+    if type_name(tc.type_url) != ZIPKIN:
+        return None
+    msg = zipkin_pb2.ZipkinConfig()
+    if not tc.Unpack(msg):
+        raise ConfigError(path, "cannot unpack ZipkinConfig")
+    if msg.trace_context_option != zipkin_pb2.ZipkinConfig.USE_B3:
+        # W3C traceparent alongside B3 (Envoy 1.40's USE_B3_WITH_W3C_PROPAGATION) is not emulated.
+        raise ConfigError(f"{path}.trace_context_option", "only USE_B3 is supported by sidecar yet")
+    return Zipkin(
+        trace_id_128bit=msg.trace_id_128bit,
+        shared_span_context=bool_value(msg, "shared_span_context", True),
+        collector_cluster=msg.collector_cluster,
     )
 
 

@@ -10,9 +10,10 @@ Envoy packs into x-request-id (char 14) when the connection manager has `tracing
   x-envoy-decorator-operation (a non-empty request header overrides it and is dropped); on an
   OUTBOUND listener it goes upstream and the response's header is removed; untraced, nothing.
 
-What differs (strict xfail below): with a provider (Zipkin, as Istio's bootstrap has), Envoy adds
-x-b3-traceid / x-b3-spanid / x-b3-sampled to the upstream request; sidecar adds none and reports no
-span.  The collector address is a loopback port nobody listens on."""
+With a Zipkin provider (zipkin listener: trace_id_128bit, shared_span_context default) both add
+the B3 headers (http/b3.py): the shapes are compared, the ids being random.  sidecar reports no
+span; the collector address is a loopback port nobody listens on.  test_tracing_b3.py covers the
+bootstrap-level provider (Istio's), Egress, sampling and shared_span_context false."""
 
 from __future__ import annotations
 
@@ -102,12 +103,89 @@ def _b3_names(t: Target) -> list[str]:
     return sorted(_upstream_headers(t, "zipkin_listener_port", [("x-request-id", SAMPLED)])["trace-headers"])  # type: ignore[arg-type]
 
 
-def test_zipkin_provider_adds_b3_headers(diff: Differential, request: pytest.FixtureRequest) -> None:
-    if diff.kind.split("-")[0] != "envoy":  # envoy-b (envoy against itself) does add them
-        reason = "sidecar has no tracer: no x-b3-* context is generated or propagated"
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+def test_zipkin_provider_adds_b3_headers(diff: Differential) -> None:
     names = diff.run(_b3_names)
     assert names == ["x-b3-sampled", "x-b3-spanid", "x-b3-traceid"]
+
+
+T = "80f198ee56343ba864fe8b2a57d3eff7"
+S = "e457b5a2e4d86bd1"
+P = "05e3ac9a4f6e3b90"
+
+
+def _b3_shape(t: Target, headers: list[tuple[str, str]]) -> dict[str, object]:
+    """The B3 headers upstream with random ids replaced by their shape (length, hex, whether the
+    span id is the trace id's low half, as in a new root)."""
+    obs = t.exchange(request("GET", "/trace", host="t.test", headers=headers), "zipkin_listener_port")
+    (up,) = obs.upstream
+    known = {T, S, P, T[16:]}
+    out: dict[str, object] = {}
+    for name in ("x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "b3"):
+        value = up.header(name)
+        if value is None:
+            continue
+        parts = value.split("-")
+        out[name] = tuple(
+            p if p in known or len(p) <= 4 else ("random", len(p), all(c in "0123456789abcdef" for c in p))
+            for p in parts
+        )
+    trace, span = up.header("x-b3-traceid") or "", up.header("x-b3-spanid") or ""
+    out["root"] = bool(span) and trace.endswith(span)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        # Ingress, shared_span_context (the default): the client's span is reused.
+        (
+            [("x-b3-traceid", T), ("x-b3-spanid", S), ("x-b3-parentspanid", P), ("x-b3-sampled", "1")],
+            {"x-b3-traceid": (T,), "x-b3-spanid": (S,), "x-b3-parentspanid": (P,), "x-b3-sampled": ("1",)},
+        ),
+        # No sampled flag: the decision (x-request-id's reason; SAMPLED is under random_sampling 1%).
+        (
+            [("x-request-id", SAMPLED), ("x-b3-traceid", T[16:]), ("x-b3-spanid", S)],
+            {"x-b3-traceid": (T[16:],), "x-b3-spanid": (S,), "x-b3-sampled": ("1",)},
+        ),
+        # A lone trace id is no context: a new 128-bit root.
+        (
+            [("x-request-id", UNSAMPLED), ("x-b3-traceid", T)],
+            {
+                "x-b3-traceid": (("random", 32, True),),
+                "x-b3-spanid": (("random", 16, True),),
+                "x-b3-sampled": ("0",),
+                "root": True,
+            },
+        ),
+        # Malformed: nothing added, the headers pass as they came.
+        ([("x-b3-traceid", "zz"), ("x-b3-spanid", S)], {"x-b3-traceid": ("zz",), "x-b3-spanid": (S,)}),
+    ],
+    ids=["shared-context", "decision-sampled", "lone-trace-id", "malformed"],
+)
+def test_zipkin_incoming_b3(
+    diff: Differential, headers: list[tuple[str, str]], expected: dict[str, object]
+) -> None:
+    got = diff.run(lambda t: _b3_shape(t, headers))
+    assert {k: v for k, v in got.items() if k != "root" or "root" in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (f"{T}-{S}-1-{P}", (T, S, "1", P)),
+        (f"{T}-{S}", (T, S, "0")),
+        ("d", (("random", 32, True), ("random", 16, True), "1")),
+        (f"{T}-{S}-true", (f"{T}", S, "true")),
+    ],
+    ids=["full", "no-flag", "debug-only", "malformed"],
+)
+def test_zipkin_b3_single_header(diff: Differential, value: str, expected: tuple[object, ...]) -> None:
+    headers = [("x-request-id", UNSAMPLED), ("b3", value), ("x-b3-traceid", T[16:]), ("x-b3-spanid", P)]
+    got = diff.run(lambda t: _b3_shape(t, headers))
+    # Only b3 is rewritten (in its own format); x-b3-* pass untouched.
+    assert got["b3"] == expected
+    assert got["x-b3-traceid"] == (T[16:],) and got["x-b3-spanid"] == (P,)
+    assert "x-b3-sampled" not in got
 
 
 # --- Route.decorator under HCM tracing ---------------------------------------------------------------

@@ -61,6 +61,8 @@ def _listener(port: int) -> listener_pb2.Listener:
     lst.address.socket_address.address = "127.0.0.1"
     lst.address.socket_address.port_value = port
     hcm = hcm_pb2.HttpConnectionManager(stat_prefix="outbound_0.0.0.0_9080")
+    # istiod sets tracing on every connection manager; the provider is the bootstrap's zipkin.
+    hcm.tracing.random_sampling.value = 1.0
     vh = hcm.route_config.virtual_hosts.add(name="reviews.default.svc.cluster.local:9080", domains=["*"])
     for prefix, cluster in (("/grpc", "outbound|7070||grpc.default.svc.cluster.local"),
                             ("/", "outbound|9080||reviews.default.svc.cluster.local")):
@@ -123,6 +125,12 @@ async def test_runs_like_under_pilot_agent(kind: str, pod_dir: Path) -> None:
 
         status, body = await asyncio.to_thread(_get, port, "/reviews")
         assert (status, body) == (200, "reviews v1")
+        # The bootstrap's zipkin tracer reaches LDS listeners: B3 headers on the upstream request
+        # (128-bit trace id, the span id its low half: a new root span).
+        seen = ups["reviews"].requests[-1]
+        trace, span = seen.header("x-b3-traceid"), seen.header("x-b3-spanid")
+        assert trace is not None and span is not None and len(trace) == 32 and span == trace[16:]
+        assert seen.header("x-b3-sampled") in ("0", "1")
         # 15090: Prometheus text from the admin, through the proxy's own listener and cluster.
         status, body = await asyncio.to_thread(_get, ports["prometheus_port"], "/stats/prometheus")
         assert status == 200 and "# TYPE envoy_" in body
