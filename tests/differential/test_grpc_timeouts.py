@@ -129,3 +129,29 @@ def test_internal_steering_headers_override_the_grpc_timeout(
     got = diff.run(lambda t: _probe(t, raw, "grpc_internal_port"))
     assert got["attempts"] == attempts
     assert (got["status"], got["grpc-status"]) == (status, grpc_status)
+
+
+@pytest.mark.parametrize("listener", ["listener_port", "grpc_internal_port"], ids=["external", "internal"])
+def test_a_retry_announces_what_is_left(diff: Differential, listener: str) -> None:
+    """Envoy's doRetry calls setTimeoutHeaders again with the time elapsed since the request
+    completed: the retry's grpc-timeout and x-envoy-expected-rq-timeout-ms are what is left of the
+    global timeout (2 s here, the first attempt took about 0.3 s)."""
+    diff.ups["service1"].behave(Behaviour(status=503, delay=0.3, body=b"busy"))
+    headers = [GRPC, ("grpc-timeout", "2S")] + ([INTERNAL] if listener == "grpc_internal_port" else [])
+    raw = request("POST", "/retry-left", host="t.test", headers=headers, body=b"")
+
+    def probe(t: Target) -> dict[str, object]:
+        got = _probe(t, raw, listener)
+        reqs = t.ups.requests()
+        firsts = [(r.header("grpc-timeout"), r.header("x-envoy-expected-rq-timeout-ms")) for r in reqs]
+        left = []
+        for grpc_timeout, expected in firsts[1:]:
+            assert grpc_timeout is not None and grpc_timeout.endswith("m"), grpc_timeout
+            assert expected is not None
+            # What is left: below the first attempt's 2000 ms by at least the upstream's delay.
+            left.append((int(grpc_timeout[:-1]) <= 1750, int(expected) <= 1750, grpc_timeout[:-1] == expected))
+        return {"status": got["status"], "first": firsts[:1], "retries": left}
+
+    got = diff.run(probe)
+    assert got["first"] == [("2000m", "2000")]
+    assert got["retries"] == [(True, True, True)]

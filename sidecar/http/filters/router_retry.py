@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 from sidecar.http import local_reply
 from sidecar.http.codec_h1 import encode_request_head
 from sidecar.http.events import Headers, RequestHead
-from sidecar.http.timeouts import Deadline, expected_timeout_ms, final_timeouts
+from sidecar.http.grpc_timeouts import grpc_content_type
+from sidecar.http.timeouts import Deadline, expected_timeout_ms, final_timeouts, format_grpc_timeout
 from sidecar.http.timeouts import ms as to_ms
 from sidecar.model.retry import RetryPolicy
 from sidecar.model.route import ClusterWeight, RouteAction
@@ -241,9 +242,16 @@ class RetryAttempts:
             hedging = extra is not None and extra.hedging
             expected = expected_timeout_ms(to_ms(self.timeout), to_ms(per_try), elapsed, hedging)
             if expected:
+                # grpc-timeout too, for a gRPC request on a max_grpc_timeout route (setTimeoutHeaders:
+                # "the upstream gRPC server is aware of the actual timeout").
+                route = stream.route
+                action = route.action if route is not None else None
+                regrpc = isinstance(action, RouteAction) and action.grpc_timeouts and _is_grpc(out)
                 for i, (k, _) in enumerate(out):
                     if k == _EXPECTED:
                         out[i] = (k, b"%d" % expected)
+                    elif regrpc and k == b"grpc-timeout":
+                        out[i] = (k, format_grpc_timeout(expected))
             vhost = stream.vhost
             if vhost is not None and vhost.include_request_attempt_count:
                 out.append((b"x-envoy-attempt-count", b"%d" % (self.retries_done + 1)))
@@ -324,3 +332,10 @@ class RetryAttempts:
                 self.cluster.report(host, LOCAL_ORIGIN_FAILURE)  # (not retried: _on_timeout reports)
             return
         self._on_timeout(per_try=True)
+
+
+def _is_grpc(headers: Headers) -> bool:
+    for k, v in headers:
+        if k == b"content-type":
+            return grpc_content_type(v)
+    return False
